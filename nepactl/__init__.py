@@ -1,0 +1,1 @@
+"""nepactl: the command line for NEPA runs (render, submit, track, resume, evaluate)."""

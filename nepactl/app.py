@@ -1,0 +1,29 @@
+"""The `nepactl` command: assembles the per-noun command modules. Imports no torch."""
+
+from __future__ import annotations
+
+import typer
+
+from nepactl.commands import convert, data
+
+app = typer.Typer(
+    name="nepactl",
+    help="Pretrain, evaluate and track NEPA Vision Transformers on SLURM or locally.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+@app.callback()
+def root() -> None:
+    """Pretrain, evaluate and track NEPA Vision Transformers on SLURM or locally."""
+
+app.command("convert")(convert.convert)
+app.add_typer(data.app, name="data")
+
+
+def main() -> None:
+    app()
