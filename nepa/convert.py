@@ -54,6 +54,10 @@ class ConversionError(NepaError, ValueError):
     """A release directory or checkpoint cannot be converted; the message lists the keys."""
 
 
+def _placeholder_labels(n: int) -> tuple[str, ...]:
+    return tuple(f"LABEL_{i}" for i in range(n))
+
+
 # -- config -----------------------------------------------------------------------------------
 
 
@@ -85,9 +89,11 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         id2label = hf.get("id2label") or {}
         if not id2label:
             raise ConversionError(f"{source}: a classifier config needs id2label")
-        fields["num_classes"] = len(id2label)
-        fields["labels"] = tuple(id2label[str(i)] if str(i) in id2label else id2label[i]
-                                 for i in range(len(id2label)))
+        labels = tuple(id2label[str(i)] if str(i) in id2label else id2label[i]
+                       for i in range(len(id2label)))
+        fields["num_classes"] = len(labels)
+        # HF's placeholder names mean "no names": keep them implicit so round trips are exact.
+        fields["labels"] = () if labels == _placeholder_labels(len(labels)) else labels
     try:
         return ModelConfig(**fields)
     except (ConfigError, TypeError) as exc:
@@ -106,7 +112,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         architectures=[CLASSIFIER_ARCH if cfg.num_classes else PRETRAIN_ARCH], dtype="float32",
     )
     if cfg.num_classes:
-        labels = cfg.labels or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
+        labels = cfg.labels or _placeholder_labels(cfg.num_classes)
         hf["id2label"] = {str(i): name for i, name in enumerate(labels)}
         hf["label2id"] = {name: i for i, name in enumerate(labels)}
     return dict(sorted(hf.items()))
