@@ -36,28 +36,58 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through `write(file)` to a temporary sibling, fsync, rename over `path`."""
+def atomic_write_path(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Let `write(tmp_path)` create a temporary sibling, fsync it, rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
 
 
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Atomic write through `write(file)` (see atomic_write_path)."""
+
+    def through_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    return atomic_write_path(path, through_file)
+
+
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Atomically write a checkpoint payload (adds the format marker)."""
+    """Atomically write a checkpoint payload (adds the format marker).
+
+    torch.save is given the path, not a Python file object: its own writer is faster.
+    """
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    return atomic_write(path, lambda f: torch.save(payload, f))
+    return atomic_write_path(path, lambda tmp: _torch_save_fast(payload, tmp))
+
+
+def _torch_save_fast(payload: dict[str, Any], path: Path) -> None:
+    """torch.save without per-record CRC32 (15-20% of the save time); fsync + rename and the
+    structural check on load guard against torn files."""
+    from torch.utils.serialization import config
+
+    previous = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        torch.save(payload, path)
+    finally:
+        config.save.compute_crc32 = previous
 
 
 def load(path: str | Path) -> dict[str, Any]:

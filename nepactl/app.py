@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nepactl.commands import convert, data
+from nepactl.commands import convert, data, demo
 
 app = typer.Typer(
     name="nepactl",
@@ -23,6 +23,7 @@ def root() -> None:
 
 app.command("convert")(convert.convert)
 app.add_typer(data.app, name="data")
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -1,0 +1,430 @@
+"""The pretraining loop: exact resume, collective stop-and-save, non-finite loss handling.
+
+Launchers (nepactl's job wrapper, torchrun scripts, tests) create a `Trainer`, may call
+`request_stop()` from a signal handler, and get a `RunResult` back. Nothing here knows about
+SLURM or submitit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import nepa
+from nepa import data as nepa_data
+from nepa.checkpoint import atomic_write
+from nepa.config import to_dict
+from nepa.model import NepaViT
+from nepa.objective import embedding_spread, nepa_loss
+from nepa.runconfig import RunConfig, dump_yaml
+from nepa.train import distributed
+from nepa.train.checkpoints import CheckpointManager
+from nepa.train.ema import EMA
+from nepa.train.metrics import Heartbeat, MetricsLog
+from nepa.train.optim import base_lr, build_optimizer, lr_at, warmup_steps
+
+log = logging.getLogger("nepa.train")
+OUTCOME_FILE = "outcome.json"
+
+
+class RunStatus(str, enum.Enum):
+    COMPLETED = "COMPLETED"
+    STOPPED = "STOPPED"  # saved on request (preemption, time limit); resumable
+    DIVERGED = "DIVERGED"  # non-finite loss survived skips and rollbacks
+
+
+EXIT_CODES = {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 0, RunStatus.DIVERGED: 3}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: RunStatus
+    step: int
+    total_steps: int
+    stop_reason: str | None = None
+    checkpoint: Path | None = None
+    save_seconds: float | None = None  # stop request -> checkpoint on disk
+
+
+class Callback:
+    """Progress hooks for launchers; every method is optional (rank 0 only)."""
+
+    def on_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, trainer: Trainer, step: int, path: Path) -> None: ...
+    def on_end(self, trainer: Trainer, result: RunResult) -> None: ...
+
+
+class _Pretrainer(nn.Module):
+    """Model + objective in one forward, so DDP and torch.compile see the whole step."""
+
+    def __init__(self, model: NepaViT, shift: bool, stop_grad: bool):
+        super().__init__()
+        self.model, self.shift, self.stop_grad = model, shift, stop_grad
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, outputs = self.model.forward_pretrain(images)
+        return nepa_loss(inputs, outputs, shift=self.shift, stop_grad=self.stop_grad), outputs.detach()
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF
+
+
+class _EpochTagged(Sampler):
+    """Yields (epoch, index) so each item's augmentation can be seeded by what it is."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _SeededItems(Dataset):
+    """Augmentation randomness as a pure function of (seed, epoch, index).
+
+    Resume, worker count and world size then cannot change what an image looks like.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        seed = _item_seed(self.seed, epoch, index)
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            try:
+                import numpy as np
+
+                np_state = np.random.get_state()
+                np.random.seed(seed)
+                try:
+                    return self.dataset[index]
+                finally:
+                    np.random.set_state(np_state)
+            finally:
+                random.setstate(py_state)
+
+
+class Trainer:
+    """One process's view of a pretraining run stored in `run_dir`."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, callbacks: Sequence[Callback] = (),
+                 dataset: Dataset | None = None,
+                 loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.callbacks = list(callbacks)
+        self._dataset = dataset
+        self._loss_hook = loss_hook  # fault injection for tests: (step, loss) -> loss
+        self._stop_reason: str | None = None
+        self._stop_time: float | None = None
+        self.step = 0
+        self.total_steps = 0
+
+    # -- stop-request API (safe to call from a signal handler) ----------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to save and return at the next step boundary (all ranks agree)."""
+        if self._stop_reason is None:
+            self._stop_reason, self._stop_time = reason, time.time()
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.env = distributed.setup(cfg.train.world_size, cfg.train.dist_timeout_s)
+        torch.manual_seed(cfg.train.seed + self.env.rank)
+        self.model = NepaViT(cfg.model).to(self.env.device)
+        self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+        step_module: nn.Module = _Pretrainer(self.model, cfg.objective.shift, cfg.objective.stop_grad)
+        if self.env.enabled:
+            ids = [self.env.local_rank] if self.env.device.type == "cuda" else None
+            step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
+        self.ddp = step_module if self.env.enabled else None
+        self.step_module = torch.compile(step_module) if cfg.train.compile else step_module
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema.enabled else None
+        self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint)
+
+        dataset = self._dataset if self._dataset is not None else nepa_data.build_dataset(
+            cfg.data, "train", nepa_data.pretrain_transform(cfg.data))
+        self.sampler = nepa_data.ResumableSampler(
+            len(dataset), global_batch=cfg.train.global_batch, micro_batch=cfg.train.micro_batch,
+            rank=self.env.rank, world_size=self.env.world_size, seed=cfg.train.seed)
+        self.tagged = _EpochTagged(self.sampler)
+        self.loader = nepa_data.build_train_loader(
+            cfg.data, _SeededItems(dataset, cfg.train.seed), self.tagged,
+            cfg.train.micro_batch, cfg.train.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        if self.steps_per_epoch < 1:
+            raise nepa_data.DataError(
+                f"the training split has {len(dataset)} images, fewer than one global batch "
+                f"({cfg.train.global_batch}); lower train.global_batch")
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        self.peak_lr = base_lr(cfg.optim, cfg.train.global_batch)
+        self.warmup = warmup_steps(cfg.optim, self.total_steps)
+        use_bf16 = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and self.env.device.type == "cuda")
+        self.autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+                         if use_bf16 else contextlib.nullcontext())
+        if self.env.is_main:
+            log.info(
+                "derived: world_size=%d (nodes %d x %d) micro_batch=%d accumulation=%d "
+                "global_batch=%d lr=%.3g (blr %.3g x %d/256) steps/epoch=%d total_steps=%d "
+                "warmup=%d precision=%s", self.env.world_size, cfg.train.nodes,
+                cfg.train.procs_per_node, cfg.train.micro_batch, cfg.train.accumulation,
+                cfg.train.global_batch, self.peak_lr, cfg.optim.blr, cfg.train.global_batch,
+                self.steps_per_epoch, self.total_steps, self.warmup, "bf16" if use_bf16 else "fp32")
+
+    # -- checkpoint state -----------------------------------------------------------------------
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        if self.env.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.env.device)
+        return state
+
+    def _payload(self, rng_states: list[dict]) -> dict[str, Any]:
+        return {
+            "model_config": to_dict(self.cfg.model),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": None,  # bf16/fp32 need no loss scaling
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "sampler": {"epoch": self.step // self.steps_per_epoch,
+                        "step_in_epoch": self.step % self.steps_per_epoch},
+            "rng": rng_states,
+            "config_yaml": dump_yaml(self.cfg),
+            "code_version": nepa.__version__,
+            "world_size": self.env.world_size,
+            "saved_at": time.time(),
+        }
+
+    def save(self) -> Path | None:
+        """Collective: every rank contributes its RNG state, rank 0 writes."""
+        rng_states = distributed.gather_objects(self._rng_state(), self.env)
+        path = None
+        if self.env.is_main:
+            path = self.ckpt.save(self.step, self._payload(rng_states))
+            for cb in self.callbacks:
+                cb.on_checkpoint(self, self.step, path)
+        distributed.barrier(self.env)
+        return path
+
+    def _restore(self) -> bool:
+        """Load the newest valid checkpoint (rank 0 picks it). False when there is none."""
+        found = None
+        if self.env.is_main:
+            found = self.ckpt.resume(warn=log.warning)
+        path = distributed.broadcast_object(str(found[0]) if found else None, self.env)
+        if path is None:
+            return False
+        from nepa import checkpoint
+
+        payload = found[1] if found else checkpoint.load(path)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.ema is not None and payload.get("ema") is not None:
+            self.ema.load_state_dict(payload["ema"])
+        self.step = int(payload["step"])
+        rng = payload.get("rng") or []
+        if self.env.rank < len(rng):
+            torch.set_rng_state(rng[self.env.rank]["torch"])
+            if "cuda" in rng[self.env.rank] and self.env.device.type == "cuda":
+                torch.cuda.set_rng_state(rng[self.env.rank]["cuda"], self.env.device)
+        else:  # more ranks than when saved: a fresh, reproducible stream for the new rank
+            torch.manual_seed(self.cfg.train.seed + 1000 * self.step + self.env.rank)
+        if self.env.is_main:
+            log.info("resumed from %s at step %d (saved by %s processes)", path, self.step,
+                     payload.get("world_size"))
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def fit(self) -> RunResult:
+        self._setup()
+        try:
+            return self._fit()
+        finally:
+            distributed.teardown()
+
+    def _fit(self) -> RunResult:
+        resumed = self._restore()
+        if not resumed:
+            self.save()  # step 0: a rollback target and the run's identity on disk
+        self.metrics = MetricsLog(self.run_dir, resume_step=self.step,
+                                  tensorboard=self.cfg.train.tensorboard) if self.env.is_main else None
+        self.heartbeat = Heartbeat(self.run_dir, self.env.rank)
+        if self.env.is_main:
+            for cb in self.callbacks:
+                cb.on_start(self)
+        rollbacks = 0
+        try:
+            while True:
+                outcome = self._run_until_done()
+                if outcome != "rollback":
+                    break
+                rollbacks += 1
+                if rollbacks > self.cfg.train.max_rollbacks:
+                    outcome = "diverged"
+                    break
+                log.warning("rolling back to the last good checkpoint (rollback %d of %d)",
+                            rollbacks, self.cfg.train.max_rollbacks)
+                self._restore()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        return self._finish(outcome)
+
+    def _finish(self, outcome: str) -> RunResult:
+        saved, seconds = None, None
+        if outcome == "stop":
+            saved = self.save()
+            seconds = time.time() - self._stop_time if self._stop_time else None
+            status = RunStatus.STOPPED
+            if self.env.is_main:
+                log.info("stop requested (%s): saved step %d in %.2f s after the request",
+                         self._stop_reason, self.step, seconds or 0.0)
+        elif outcome == "diverged":
+            status = RunStatus.DIVERGED
+            log.error("non-finite loss persisted after %d rollback(s): run DIVERGED at step %d",
+                      self.cfg.train.max_rollbacks, self.step)
+        else:
+            if self.step not in self.ckpt.steps():
+                saved = self.save()
+            status = RunStatus.COMPLETED
+        result = RunResult(status, self.step, self.total_steps, self._stop_reason, saved, seconds)
+        self.heartbeat.beat(self.step, force=True)
+        if self.env.is_main:
+            outcome_record = {"status": status.value, "step": self.step,
+                              "total_steps": self.total_steps, "reason": self._stop_reason,
+                              "time": time.time()}
+            atomic_write(self.run_dir / OUTCOME_FILE,
+                         lambda f: f.write(json.dumps(outcome_record).encode()))
+            for cb in self.callbacks:
+                cb.on_end(self, result)
+        return result
+
+    def _run_until_done(self) -> str:
+        """Steps until the end ('done'), a stop request ('stop') or too many bad steps."""
+        bad_streak = 0
+        while self.step < self.total_steps:
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch, start_step=in_epoch)
+            self.tagged.epoch = epoch
+            batches = iter(self.loader)
+            for _ in range(in_epoch, self.steps_per_epoch):
+                if distributed.any_rank(self._stop_reason is not None, self.env):
+                    self._stop_reason = self._stop_reason or "stop requested on another rank"
+                    return "stop"
+                record = self._train_step(batches, epoch)
+                bad_streak = bad_streak + 1 if record["skipped_step"] else 0
+                if bad_streak > self.cfg.train.max_bad_steps:
+                    return "rollback"
+                if self.step >= self.total_steps:
+                    return "done"
+                if self.ckpt.due(self.step):
+                    self.save()
+        return "done"
+
+    def _train_step(self, batches: Iterator[dict], epoch: int) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        start = time.perf_counter()
+        data_time, skipped_images, losses, outputs = 0.0, 0, [], None
+        accumulation = cfg.train.accumulation
+        for micro in range(accumulation):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            data_time += time.perf_counter() - t0
+            skipped_images += int(batch.get("skipped", 0))
+            images = batch["image"].to(env.device, non_blocking=True)
+            sync = contextlib.nullcontext()
+            if self.ddp is not None and micro < accumulation - 1:
+                sync = self.ddp.no_sync()
+            with sync:
+                with self.autocast:
+                    loss, outputs = self.step_module(images)
+                if self._loss_hook is not None:
+                    loss = self._loss_hook(self.step, loss)
+                (loss / accumulation).backward()
+            losses.append(loss.detach().float())
+        loss = distributed.all_reduce_mean(torch.stack(losses).mean(), env)
+        lr = lr_at(self.step, peak=self.peak_lr, total_steps=self.total_steps,
+                   warmup=self.warmup, floor=cfg.optim.min_lr)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.optim.clip_grad or math.inf)
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        if finite:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
+        else:
+            log.warning("non-finite loss/grad at step %d (loss %s): step skipped", self.step + 1,
+                        loss.item())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        step_time = time.perf_counter() - start
+        record = {
+            "step": self.step, "epoch": epoch, "loss": loss.item(), "lr": lr,
+            "grad_norm": grad_norm.item(), "images_per_s": cfg.train.global_batch / step_time,
+            "step_time_s": step_time, "data_time_s": data_time, "mem_mb": _memory_mb(env.device),
+            "skipped_images": skipped_images, "skipped_step": not finite, "time": time.time(),
+        }
+        if self.step % cfg.train.monitor_every == 0 and outputs is not None:
+            spread = embedding_spread(outputs).item()
+            record["spread"] = spread
+            if env.is_main and (spread < cfg.train.collapse_spread or loss.item() < -0.99):
+                log.warning("possible representation collapse at step %d: embedding spread %.4f, "
+                            "loss %.4f", self.step, spread, loss.item())
+        self.heartbeat.beat(self.step)
+        if env.is_main:
+            self.metrics.write(record)
+            for cb in self.callbacks:
+                cb.on_step_end(self, record)
+        return record
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(run_dir: str | Path, **kwargs) -> RunResult:
+    """Run (or resume) the pretraining stored in `run_dir` (its config.yaml)."""
+    from nepa.runconfig import load_run_config
+
+    return Trainer(load_run_config(run_dir), run_dir, **kwargs).fit()

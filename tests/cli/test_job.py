@@ -1,0 +1,48 @@
+"""The submitit job wrapper: warning signal -> collective save -> requeue -> resume -> done."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import submitit
+
+from nepa.train.metrics import read_metrics
+from nepactl.job import TrainJob
+from tests.train.runs import make_run
+
+
+def _heartbeat(run_dir):
+    path = run_dir / "heartbeats" / "rank0.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@pytest.mark.slow
+def test_warning_signal_saves_requeues_and_resumes_through_the_local_executor(tmp_path):
+    run = make_run(tmp_path / "run", train={"max_steps": 30}, checkpoint={"every_steps": 1000})
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=15)  # >= 10 min: an early signal is a preemption
+    job = executor.submit(TrainJob(run))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        beat = _heartbeat(run)
+        if beat and beat["step"] >= 3:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the job did not reach step 3:\n" + job.stderr() or "")
+    first_pid = beat["pid"]
+    os.kill(first_pid, signal.SIGUSR2)
+    outcome = job.result()
+    assert outcome["status"] == "COMPLETED" and outcome["step"] == 30
+    assert _heartbeat(run)["pid"] != first_pid  # a second start resumed the run
+    log = job.stderr() + job.stdout()
+    assert "stop requested (SIGUSR2)" in log and "resumed from" in log
+    assert "preempted" in log  # submitit classified and requeued it
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 31))
