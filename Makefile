@@ -10,7 +10,7 @@ STAMP := $(VENV)/.nepa-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,seg]"
+	$(PY) -m pip install --quiet -e ".[dev,seg]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 env: $(STAMP)

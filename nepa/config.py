@@ -154,3 +154,35 @@ def check(condition: bool, path: str, message: str) -> None:
     """Raise ConfigError for a failed cross-field check, naming the dotted field."""
     if not condition:
         raise ConfigError(f"{path}: {message}")
+
+
+def check_keys(cls: type, data: Any, *, path: str = "", source: str | None = None) -> None:
+    """Reject unknown keys of a partial layer (no construction, so no cross-field checks)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(path or 'top level', source)}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"{_where(dotted, source)}: unknown key{suggest(str(key), fields)}; "
+                f"known keys: {', '.join(sorted(fields))}"
+            )
+        tp = hints[key]
+        options = [t for t in get_args(tp) if t is not type(None)] if get_origin(tp) in (
+            Union, types.UnionType) else [tp]
+        nested = [t for t in options if dataclasses.is_dataclass(t)]
+        if nested and isinstance(value, dict):
+            check_keys(nested[0], value, path=dotted, source=source)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, recursing into mappings (lists and scalars are replaced)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

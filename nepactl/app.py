@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nepactl.commands import convert, data, demo
+from nepactl.commands import control, convert, data, demo, doctor, pretrain, status
 
 app = typer.Typer(
     name="nepactl",
@@ -21,6 +21,14 @@ app = typer.Typer(
 def root() -> None:
     """Pretrain, evaluate and track NEPA Vision Transformers on SLURM or locally."""
 
+app.command("pretrain")(pretrain.pretrain)
+app.command("render")(pretrain.render)
+app.command("status")(status.status)
+app.command("runs")(status.runs)
+app.command("logs")(control.logs)
+app.command("cancel")(control.cancel)
+app.command("resume")(control.resume)
+app.command("doctor")(doctor.doctor)
 app.command("convert")(convert.convert)
 app.add_typer(data.app, name="data")
 app.command("demo")(demo.demo)

@@ -1,13 +1,28 @@
-"""One output sink: data on stdout, progress, hints and warnings on stderr."""
+"""One output sink: data on stdout, progress, hints and warnings on stderr.
+
+`out` and `err` are rich Consoles created on first use, so that machine-mode commands
+(`status --json`) do not pay for importing rich.
+"""
 
 from __future__ import annotations
 
 import os
+from functools import cache
 
-from rich.console import Console
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+@cache
+def _console(stderr: bool):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def __getattr__(name: str):
+    if name == "out":
+        return _console(False)
+    if name == "err":
+        return _console(True)
+    raise AttributeError(name)
 
 
 def debug_enabled() -> bool:
@@ -15,11 +30,11 @@ def debug_enabled() -> bool:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}")
+    _console(True).print(f"[yellow]warning:[/yellow] {message}")
 
 
 def hint(message: str) -> None:
-    err.print(f"[dim]{message}[/dim]")
+    _console(True).print(f"[dim]{message}[/dim]")
 
 
 def render_table(title: str, rows: list[dict], floats: str = "{:.2f}") -> None:
@@ -29,7 +44,8 @@ def render_table(title: str, rows: list[dict], floats: str = "{:.2f}") -> None:
     table = Table(title=title)
     columns = list(rows[0]) if rows else []
     for column in columns:
-        table.add_column(column, justify="right" if rows and isinstance(rows[0][column], (int, float)) else "left")
+        numeric = bool(rows) and isinstance(rows[0][column], (int, float))
+        table.add_column(column, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(floats.format(v) if isinstance(v, float) else str(v) for v in row.values()))
-    out.print(table)
+    _console(False).print(table)

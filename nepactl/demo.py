@@ -1,85 +1,93 @@
-"""The main job on the embedded default: local-executor pretraining, then a linear probe."""
+"""The main job on the embedded default: tiny NEPA pretrained on the bundled digits through
+the local executor (the same render -> submit path as `nepactl pretrain`), then evaluated."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from nepactl import console
+from nepactl import console, runs
+from nepactl.errors import CliError
+
+DEMO_NAME = "demo"
 
 
-def _render_config(template: Path, steps: int | None):
-    import dataclasses
+def _follow(run_dir: Path, total: int) -> dict:
+    """Progress bar over metrics.jsonl until the local job's outcome is written."""
+    from nepactl.status import _local_alive
 
-    from nepa.runconfig import load_yaml_text
-
-    cfg = load_yaml_text(template.read_text(), str(template))
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
-    return cfg
-
-
-def _pretrain(run_dir: Path, total: int) -> None:
-    """Submit through submitit's local executor and follow metrics.jsonl with a progress bar."""
-    import submitit
-
-    from nepa.train.metrics import read_metrics
-    from nepactl.job import TrainJob
-
-    executor = submitit.LocalExecutor(folder=run_dir / "submitit")
-    executor.update_parameters(timeout_min=120)  # explicit: the local default (2 min) is too short
-    job = executor.submit(TrainJob(run_dir))
-    console.hint(f"submitted local job {job.job_id}; logs in {run_dir / 'submitit'}")
-    columns = (TextColumn("pretraining"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    job_id = next(e["job_id"] for e in reversed(runs.read_ledger(run_dir)) if e.get("job_id"))
+    columns = (TextColumn("pretraining"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console.err) as progress:
         task = progress.add_task("pretrain", total=total, loss="-")
-        while not job.done():
-            records = read_metrics(run_dir)
-            if records:
-                progress.update(task, completed=records[-1]["step"], loss=f"{records[-1]['loss']:.4f}")
+        while True:
+            last = runs.last_line(run_dir / "metrics.jsonl") or {}
+            if last:
+                progress.update(task, completed=last["step"], loss=f"{last['loss']:.4f}")
+            outcome = runs.read_json(run_dir / "outcome.json")
+            if outcome and outcome["status"] != "STOPPED" and outcome["step"] >= last.get("step", 0):
+                return outcome
+            if not _local_alive(job_id):
+                time.sleep(1.0)  # the outcome file may land just after the process ends
+                outcome = runs.read_json(run_dir / "outcome.json")
+                if outcome and outcome["status"] != "STOPPED":
+                    return outcome
+                raise CliError(f"the demo job ended without finishing; see nepactl logs {DEMO_NAME} "
+                               f"--runs-root {run_dir.parent}")
             time.sleep(0.5)
-        records = read_metrics(run_dir)
-        if records:
-            progress.update(task, completed=records[-1]["step"], loss=f"{records[-1]['loss']:.4f}")
-    outcome = job.result()
+
+
+def pretrain_demo(root: Path, *, steps: int | None, fresh: bool) -> Path:
+    from nepactl.render import render
+    from nepactl.submit import submit_job, submit_new
+
+    run_dir = root / DEMO_NAME
+    if fresh and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    sets = (f"train.max_steps={steps}",) if steps else ()
+    rendered = render(size="tiny", cluster="local", name=DEMO_NAME, sets=sets)
+    outcome = runs.read_json(run_dir / "outcome.json")
+    if not (run_dir / runs.RUN_INFO).is_file():
+        submit_new(rendered, root, task="pretrain", size="tiny")
+    elif outcome and outcome["status"] == "COMPLETED":
+        console.hint(f"reusing the completed demo run in {run_dir} (--fresh starts over)")
+        return run_dir
+    else:
+        submit_job(run_dir, attempt_cause="resume")
+    outcome = _follow(run_dir, rendered.run.train.max_steps)
     if outcome["status"] != "COMPLETED":
-        raise RuntimeError(f"pretraining ended {outcome['status']}; see {run_dir / 'submitit'}")
+        raise CliError(f"demo pretraining ended {outcome['status']}; see nepactl logs {DEMO_NAME}")
+    return run_dir
 
 
-def run_demo(template: Path, run_dir: Path, *, steps: int | None, fresh: bool) -> list[dict]:
+def evaluate_demo(run_dir: Path) -> list[dict]:
+    """Linear probe of the EMA weights and of the same architecture at random init."""
+    import torch
+
     from nepa import data as nepa_data
     from nepa.evals.linprobe import LinProbeConfig, linear_probe
     from nepa.model import NepaViT
-    from nepa.pretrained import load_pretrained
-    from nepa.runconfig import write_run_config
-    from nepa.train.metrics import read_metrics
+    from nepa.runconfig import load_run_config
 
-    cfg = _render_config(template, steps)
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, cfg)
-    _pretrain(run_dir, cfg.train.max_steps)
-
+    cfg = load_run_config(run_dir)
     transform = nepa_data.eval_transform(cfg.data.image_size, crop_pct=1.0)
     train = nepa_data.build_dataset(cfg.data, "train", transform)
     val = nepa_data.build_dataset(cfg.data, "val", transform)
     probe_cfg = LinProbeConfig(blocks=(cfg.model.depth // 2 - 1,))
-    console.hint("linear probe: extracting features and choosing C on held-out train ...")
-    import torch
-
     torch.manual_seed(cfg.train.seed)
+    from nepa.pretrained import load_pretrained
+
     models = {"NEPA (EMA)": load_pretrained(run_dir), "random init": NepaViT(cfg.model).eval()}
-    final = read_metrics(run_dir)[-1]
     rows = []
-    for name, model in models.items():
-        for result in linear_probe(model, train, val, probe_cfg):
-            rows.append({"weights": name, "feature": result.feature, "val top-1 %": result.top1,
-                         "held-out top-1 %": result.holdout_top1, "C": result.c})
-    console.hint(f"pretraining: {final['step']} steps, final loss {final['loss']:.4f}; "
-                 f"run directory {run_dir}")
+    with console.err.status("linear probe: features, C chosen on held-out train, scored on val"):
+        for name, model in models.items():
+            for result in linear_probe(model, train, val, probe_cfg):
+                rows.append({"weights": name, "feature": result.feature,
+                             "val top-1 %": result.top1, "held-out top-1 %": result.holdout_top1,
+                             "C": result.c})
     return rows

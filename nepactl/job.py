@@ -13,12 +13,17 @@ The state lives on disk (the run directory), so the pickled job is just the run 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import submitit
+
+from nepactl import runs
 
 log = logging.getLogger("nepactl.job")
 WARNING_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM for (--signal=USR2@delay)
@@ -35,16 +40,23 @@ class TrainJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
 
     def __call__(self) -> dict[str, Any]:
-        from nepa.train import EXIT_CODES, RunStatus, Trainer
         from nepa.runconfig import load_run_config
+        from nepa.train import EXIT_CODES, RunStatus, Trainer
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=False, overwrite=True)
+        run_dir = Path(self.run_dir)
+        marker = (f"=== nepactl attempt start (job {env.job_id}, rank {env.global_rank}, "
+                  f"pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}) ===")
+        print(marker, flush=True)
+        print(marker, file=sys.stderr, flush=True)
+        if env.global_rank == 0:
+            capture_attempt(run_dir, str(env.job_id))
         submitit_handler = _submitit_handler()
-        trainer = Trainer(load_run_config(self.run_dir), self.run_dir)
+        trainer = Trainer(load_run_config(run_dir), run_dir)
         received: list[int] = []
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -57,17 +69,85 @@ class TrainJob(submitit.helpers.Checkpointable):
         outcome = {"status": result.status.value, "step": result.step, "rank": env.global_rank,
                    "reason": result.stop_reason, "save_seconds": result.save_seconds}
         if result.status is RunStatus.STOPPED:
+            cause = classify_stop(received[0] if received else None, submitit_handler)
+            if env.global_rank == 0:
+                runs.append_ledger(run_dir, "requeue", job_id=str(env.job_id), cause=cause,
+                                   step=result.step, save_seconds=result.save_seconds)
             if received and received[0] == WARNING_SIGNAL and env.global_rank == 0:
                 if submitit_handler is None:
                     raise RuntimeError("submitit's signal handler is missing: cannot requeue")
                 # Checkpoints our (stateless) job, requeues it and exits the process.
                 submitit_handler.checkpoint_and_try_requeue(WARNING_SIGNAL)
-            log.info("stopped at step %d (%s); exiting for the requeue", result.step,
-                     result.stop_reason)
-        elif EXIT_CODES[result.status]:
+            log.info("stopped at step %d (%s, %s); exiting for the requeue", result.step,
+                     result.stop_reason, cause)
+            return outcome
+        if env.global_rank == 0:
+            runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status=result.status.value,
+                               step=result.step, exit_code=EXIT_CODES[result.status])
+        if EXIT_CODES[result.status]:
             log.error("run ended %s at step %d", result.status.value, result.step)
             sys.exit(EXIT_CODES[result.status])
         return outcome
+
+
+def classify_stop(signum: int | None, handler: Any) -> str:
+    """'timeout' or 'preemption', from SLURM's own view when it is there.
+
+    SIGTERM is a preemption (SLURM requeues the job itself). For the warning signal, SLURM's
+    remaining time decides: little time left means the limit is near.
+    """
+    if signum == signal.SIGTERM:
+        return "preemption"
+    left = _slurm_time_left_s()
+    if left is not None:
+        return "timeout" if left <= 15 * 60 else "preemption"
+    if handler is not None and hasattr(handler, "has_timed_out"):
+        return "timeout" if handler.has_timed_out() else "preemption"
+    return "preemption"
+
+
+def _slurm_time_left_s() -> float | None:
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return _parse_slurm_duration(out)
+
+
+def _parse_slurm_duration(text: str) -> float | None:
+    """'1-02:03:04', '02:03:04', '03:04' -> seconds; None for UNLIMITED/INVALID."""
+    if not text or not text[0].isdigit():
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    return ((int(days) if days else 0) * 24 + hours) * 3600 + minutes * 60 + seconds
+
+
+def capture_attempt(run_dir: Path, job_id: str) -> None:
+    """Record this attempt's environment: versions, devices, SLURM variables."""
+    import platform
+
+    import torch
+
+    attempts = run_dir / "attempts"
+    attempts.mkdir(exist_ok=True)
+    number = len(list(attempts.glob("attempt-*.json"))) + 1
+    runs.write_json(attempts / f"attempt-{number}.json", {
+        "attempt": number, "job_id": job_id, "time": time.time(), "host": platform.node(),
+        "python": sys.version.split()[0], "torch": torch.__version__,
+        "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i)
+                                             for i in range(torch.cuda.device_count())],
+        "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_")},
+        "submitit": submitit.__version__,
+    })
+    runs.append_ledger(run_dir, "start", job_id=job_id, attempt=number)
 
 
 def _submitit_handler():

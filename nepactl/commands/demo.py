@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from nepactl import console
+from nepactl.commands.options import RunsRoot
 from nepactl.errors import handled
-
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 
 @handled
 def demo(
-    runs_root: Annotated[Path, typer.Option(envvar="NEPA_RUNS", help="Where runs live.")] = Path("runs"),
-    steps: Annotated[int | None, typer.Option(help="Override the number of pretraining steps.")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh/--reuse", help="Start over instead of resuming.")] = False,
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the pretraining steps.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh/--reuse", help="Start over instead of reusing runs/demo.")] = False,
+    runs_root: RunsRoot = None,
 ) -> None:
     """Pretrain tiny NEPA on the bundled digits (local executor), then linear-probe it.
 
-    Re-running resumes (or reuses) runs/demo. Example: nepactl demo --steps 200
+    Re-running reuses (or resumes) the run 'demo'. Example: nepactl demo --steps 200 --fresh
     """
-    from nepactl.demo import run_demo
+    from nepactl.demo import evaluate_demo, pretrain_demo
+    from nepactl.runs import last_line
+    from nepactl.runs import runs_root as resolve_root
 
-    rows = run_demo(TEMPLATES / "demo.yaml", runs_root / "demo", steps=steps, fresh=fresh)
-    console.render_table("NEPA demo: linear probe on digits val (300 images)", rows)
+    run_dir = pretrain_demo(resolve_root(runs_root), steps=steps, fresh=fresh)
+    rows = evaluate_demo(run_dir)
+    console.render_table("NEPA demo: linear probe on the bundled digits (val: 300 real scans)", rows)
+    last = last_line(run_dir / "metrics.jsonl")
+    console.hint(f"pretraining: {last['step']} steps, final loss {last['loss']:.4f}; run {run_dir}")

@@ -1,0 +1,5 @@
+"""`python -m nepactl` = `nepactl`."""
+
+from nepactl.app import main
+
+main()

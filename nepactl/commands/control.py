@@ -1,0 +1,149 @@
+"""`nepactl logs`, `nepactl cancel`, `nepactl resume`."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nepactl import console
+from nepactl.commands.options import RunsRoot
+from nepactl.errors import CliError, handled
+
+RunName = Annotated[str, typer.Argument(help="Run name (see nepactl runs).")]
+ATTEMPT_MARKER = re.compile(r"^=== nepactl attempt start .*===$", re.M)
+
+
+def split_attempts(text: str) -> list[str]:
+    """Per-attempt chunks of a log that requeues append to."""
+    starts = [m.start() for m in ATTEMPT_MARKER.finditer(text)]
+    if not starts:
+        return [text] if text else []
+    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+
+
+def _log_files(run_dir: Path, rank: int) -> list[Path]:
+    folder = run_dir / "submitit"
+    files = sorted(folder.glob(f"*_{rank}_log.err")) + sorted(folder.glob(f"*_{rank}_log.out"))
+    return sorted(files, key=lambda p: p.stat().st_mtime)
+
+
+@handled
+def logs(run: RunName,
+         attempt: Annotated[int | None, typer.Option("--attempt", "-a", min=1, help="Only attempt K.")] = None,
+         rank: Annotated[int, typer.Option("--rank", "-r", min=0, help="Process rank.")] = 0,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+         runs_root: RunsRoot = None) -> None:
+    """Print the logs of a run, attempt by attempt (requeues append to the same files).
+
+    Example: nepactl logs my-run --attempt 2 --rank 1
+    """
+    from nepactl.runs import find_run
+    from nepactl.runs import runs_root as resolve_root
+
+    run_dir = find_run(resolve_root(runs_root), run)
+    files = _log_files(run_dir, rank)
+    if not files:
+        raise CliError(f"no logs for rank {rank} of '{run}' yet (in {run_dir / 'submitit'}); "
+                       "the job may still be pending: nepactl status")
+    for path in files:
+        chunks = split_attempts(path.read_text(errors="replace"))
+        if attempt is not None:
+            if attempt > len(chunks):
+                raise CliError(f"{path.name} has {len(chunks)} attempt(s), not {attempt}")
+            chunks = [chunks[attempt - 1]]
+        console.err.print(f"[dim]== {path.name}[/dim]")
+        for chunk in chunks:
+            console.out.print(chunk, markup=False, end="")
+    if follow:
+        sizes = {p: p.stat().st_size for p in files}
+        while True:
+            time.sleep(1)
+            for p in _log_files(run_dir, rank):
+                size = p.stat().st_size
+                if size > sizes.get(p, 0):
+                    with open(p, errors="replace") as f:
+                        f.seek(sizes.get(p, 0))
+                        console.out.print(f.read(), markup=False, end="")
+                    sizes[p] = size
+
+
+def _job_ids(run_dir: Path) -> list[tuple[str, str]]:
+    from nepactl.runs import read_ledger
+
+    seen, ids = set(), []
+    for event in read_ledger(run_dir):
+        job = event.get("job_id")
+        if event["event"] in ("submit", "eval_submit") and job and job not in seen:
+            seen.add(job)
+            ids.append((job, event.get("executor", "local")))
+    return ids
+
+
+def _cancel_local(job_id: str) -> bool:
+    import signal
+
+    import psutil
+
+    try:
+        controller = psutil.Process(int(job_id))
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+    family = [controller, *controller.children(recursive=True)]
+    controller.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for proc in alive:
+        proc.kill()
+    return True
+
+
+@handled
+def cancel(run: RunName, runs_root: RunsRoot = None) -> None:
+    """Cancel a run's job and its pending dependent evaluation jobs.
+
+    Example: nepactl cancel my-run
+    """
+    import subprocess
+
+    from nepactl.runs import append_ledger, find_run
+    from nepactl.runs import runs_root as resolve_root
+
+    run_dir = find_run(resolve_root(runs_root), run)
+    jobs = _job_ids(run_dir)
+    if not jobs:
+        raise CliError(f"'{run}' has no submitted job to cancel")
+    slurm = [job for job, kind in jobs if kind == "slurm"]
+    if slurm:
+        done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise CliError(f"scancel failed: {done.stderr.strip()}; try scancel {' '.join(slurm)}")
+    for job, kind in jobs:
+        if kind == "local":
+            _cancel_local(job)
+    append_ledger(run_dir, "cancel", job_ids=[job for job, _ in jobs])
+    console.out.print(f"cancelled {run}: jobs {', '.join(job for job, _ in jobs)}")
+
+
+@handled
+def resume(run: RunName, runs_root: RunsRoot = None) -> None:
+    """Resubmit a stopped, failed or cancelled run; it continues from its newest valid checkpoint.
+
+    Example: nepactl resume my-run
+    """
+    from nepactl.runs import find_run
+    from nepactl.runs import runs_root as resolve_root
+    from nepactl.status import collect
+    from nepactl.submit import submit_job
+
+    root = resolve_root(runs_root)
+    run_dir = find_run(root, run)
+    (row,), _ = collect(root, [run])
+    if row.state in ("RUNNING", "PENDING", "REQUEUED", "STALLED"):
+        raise CliError(f"'{run}' is {row.state} (job {row.job_id}); cancel it first if it is stuck")
+    if row.state == "COMPLETED":
+        raise CliError(f"'{run}' is COMPLETED; raise train.max_steps in a new run instead")
+    submission = submit_job(run_dir, attempt_cause="resume")
+    console.out.print(f"{run}\t{submission.executor} job {submission.job_id}")

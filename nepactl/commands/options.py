@@ -1,0 +1,24 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+RunsRoot = Annotated[Path | None, typer.Option(
+    "--runs-root", envvar="NEPA_RUNS", show_default="./runs",
+    help="Directory holding one directory per run.")]
+Size = Annotated[str, typer.Option("--size", "-s", help="Model size: tiny, S, B, L, H (or base, large, ...).")]
+Nodes = Annotated[int | None, typer.Option("--nodes", "-n", min=1, help="Number of nodes.")]
+GpusPerNode = Annotated[int | None, typer.Option("--gpus-per-node", "-g", min=0,
+                                                 help="GPUs per node (one process each).")]
+Cluster = Annotated[str, typer.Option("--cluster", "-c",
+                                      help="Cluster profile: local, auto, slurm, debug or a YAML file.")]
+Name = Annotated[str | None, typer.Option("--name", help="Run name (default: TASK-SIZE-TIMESTAMP).")]
+ConfigFiles = Annotated[list[Path] | None, typer.Option(
+    "--config", help="YAML file(s) applied after the templates, in order.")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE override, e.g. train.max_steps=100.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and sbatch script; create nothing.")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]

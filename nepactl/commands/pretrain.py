@@ -1,0 +1,66 @@
+"""`nepactl pretrain` and `nepactl render`: templates -> validated spec -> submitted run."""
+
+from __future__ import annotations
+
+from nepactl import console
+from nepactl.commands.options import (Cluster, ConfigFiles, DryRun, GpusPerNode, Name, Nodes,
+                                      RunsRoot, Sets, Size)
+from nepactl.errors import handled
+
+
+def _render(size, nodes, gpus_per_node, cluster, name, config, sets):
+    from nepactl.render import render
+
+    return render(size=size, task="pretrain", cluster=cluster, files=tuple(config or ()),
+                  sets=tuple(sets or ()), nodes=nodes, gpus_per_node=gpus_per_node, name=name)
+
+
+def _print_rendered(rendered, root) -> None:
+    import yaml
+
+    from nepactl.submit import dry_run_script
+
+    console.out.print("# resolved config (layers: " + " < ".join(rendered.layers) + ")")
+    console.out.print(yaml.safe_dump(rendered.spec(), sort_keys=False), markup=False)
+    console.out.print("# derived")
+    for key, value in rendered.derived.items():
+        console.out.print(f"#   {key}: {value}", markup=False)
+    script = dry_run_script(rendered, root)
+    if script is not None:
+        console.out.print("# sbatch script")
+        console.out.print(script, markup=False)
+
+
+@handled
+def pretrain(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNode = None,
+             cluster: Cluster = "auto", name: Name = None, config: ConfigFiles = None,
+             sets: Sets = None, dry_run: DryRun = False, runs_root: RunsRoot = None) -> None:
+    """Render, validate, create the run and submit its pretraining job.
+
+    Example: nepactl pretrain --size L --nodes 8 --cluster my-cluster.yaml
+    """
+    from nepactl.runs import runs_root as resolve_root
+    from nepactl.submit import submit_new
+
+    root = resolve_root(runs_root)
+    rendered = _render(size, nodes, gpus_per_node, cluster, name, config, sets)
+    if dry_run:
+        _print_rendered(rendered, root)
+        return
+    submission = submit_new(rendered, root, task="pretrain", size=size)
+    console.out.print(f"{rendered.run.name}\t{submission.executor} job {submission.job_id}")
+    console.hint(f"run directory {submission.run_dir}; follow it with: nepactl status {rendered.run.name}")
+
+
+@handled
+def render(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNode = None,
+           cluster: Cluster = "auto", name: Name = None, config: ConfigFiles = None,
+           sets: Sets = None, runs_root: RunsRoot = None) -> None:
+    """Print what --dry-run prints (resolved config, derived values, sbatch script).
+
+    Example: nepactl render --size B --nodes 4 --gpus-per-node 8 --cluster slurm
+    """
+    from nepactl.runs import runs_root as resolve_root
+
+    _print_rendered(_render(size, nodes, gpus_per_node, cluster, name, config, sets),
+                    resolve_root(runs_root))

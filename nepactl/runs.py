@@ -1,0 +1,185 @@
+"""The run registry: one directory per run under the runs root. Imports no torch.
+
+    RUN/config.yaml    resolved run config (the only thing jobs and resumes read)
+    RUN/cluster.yaml   resolved cluster profile
+    RUN/run.json       what status shows without parsing configs (name, task, size, geometry)
+    RUN/ledger.jsonl   every submit, requeue, cancel, ... with job ids, causes, exit codes
+    RUN/code/          code snapshot taken at submit; jobs and requeues run from it
+    RUN/submitit/      submitit's folder (pickles, per-rank logs)
+    RUN/attempts/      environment captured at each attempt's start
+    RUN/metrics.jsonl, heartbeats/, checkpoints/, outcome.json   written by the engine
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from nepactl.errors import CliError
+
+LEDGER = "ledger.jsonl"
+RUN_INFO = "run.json"
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def runs_root(value: str | Path | None = None) -> Path:
+    return Path(value or os.environ.get("NEPA_RUNS", "runs"))
+
+
+def check_name(name: str) -> None:
+    if not name or name.startswith(".") or not set(name) <= NAME_CHARS:
+        raise CliError(f"run name {name!r} may only use letters, digits, '.', '_' and '-' "
+                       "(and must not start with '.'); choose another --name")
+
+
+def create_run(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """Build the run directory under a temporary name, then rename it into place.
+
+    The rename fails when the name exists, so two concurrent submissions cannot both win,
+    and a failure while filling leaves nothing behind.
+    """
+    check_name(name)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    if final.exists():
+        raise CliError(f"run '{name}' already exists in {root}; choose another --name, or "
+                       f"continue it with: nepactl resume {name}")
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=root))
+    try:
+        fill(staging)
+        try:
+            os.rename(staging, final)  # atomic; refuses an existing non-empty directory
+        except OSError:
+            raise CliError(f"run '{name}' was created by another submission just now; choose "
+                           "another --name") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def find_run(root: Path, name: str) -> Path:
+    path = root / name
+    if not (path / RUN_INFO).is_file():
+        known = [p.name for p in list_runs(root)]
+        from nepa.config import suggest
+
+        raise CliError(f"no run '{name}' in {root}{suggest(name, known)}; list runs with "
+                       "nepactl runs (or set --runs-root / NEPA_RUNS)")
+    return path
+
+
+def list_runs(root: Path) -> list[Path]:
+    """Run directories (those holding run.json), by name."""
+    try:
+        entries = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return []
+    return [root / name for name in sorted(entries) if os.path.isfile(os.path.join(root, name, RUN_INFO))]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def append_ledger(run_dir: Path, event: str, **fields: Any) -> None:
+    """One JSON line per event; appends of one short line are atomic on local filesystems."""
+    record = {"time": time.time(), "event": event, **fields}
+    with open(run_dir / LEDGER, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / LEDGER
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def last_line(path: Path, chunk: int = 8192) -> dict[str, Any] | None:
+    """The last complete JSON line of a (possibly large) JSONL file, reading only its tail."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - chunk))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return None
+
+
+def tail_lines(path: Path, count: int, chunk: int = 65536) -> list[dict[str, Any]]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chunk))
+            raw = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in raw[-count - 1:]:
+        try:
+            out.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return out[-count:]
+
+
+def snapshot_code(destination: Path) -> dict[str, Any]:
+    """Copy the nepa and nepactl packages (+ git revision and uncommitted diff) for the job."""
+    source_root = Path(__file__).resolve().parents[1]
+    destination.mkdir(parents=True)
+    for package in ("nepa", "nepactl"):
+        shutil.copytree(source_root / package, destination / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    info: dict[str, Any] = {"source": str(source_root)}
+    try:
+        rev = subprocess.run(["git", "-C", str(source_root), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        if rev.returncode == 0:
+            info["git_revision"] = rev.stdout.strip()
+            diff = subprocess.run(["git", "-C", str(source_root), "diff", "HEAD"],
+                                  capture_output=True, text=True, timeout=30)
+            (destination / "uncommitted.diff").write_text(diff.stdout)
+            info["dirty"] = bool(diff.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    write_json(destination / "snapshot.json", info)
+    return info
+
+
+def iter_heartbeats(run_dir: Path) -> Iterator[dict[str, Any]]:
+    directory = run_dir / "heartbeats"
+    if directory.is_dir():
+        for path in directory.glob("rank*.json"):
+            beat = read_json(path)
+            if beat is not None:
+                yield beat

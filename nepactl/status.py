@@ -1,0 +1,202 @@
+"""Run states from the run directory and the scheduler. Imports no torch.
+
+Sources, cheapest first: the run directory (ledger, outcome, metrics tail, heartbeats,
+checkpoints), then `squeue` for all live job ids in one call, then `sacct` for jobs squeue no
+longer knows, and only while sacct works (one failure turns it off for this call, silently
+but for one hint). Local jobs are checked through their controller process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nepactl import runs
+
+STALE_HEARTBEAT_S = 600.0  # a rank silent this long while the scheduler says RUNNING: STALLED
+SCHEDULER_TIMEOUT_S = 10.0
+
+
+@dataclass
+class RunRow:
+    run: str
+    task: str
+    size: str
+    geometry: str
+    state: str
+    step: int
+    total: int | None
+    percent: float | None
+    eta_s: float | None
+    loss: float | None
+    checkpoint_age_s: float | None
+    preemptions: int
+    timeouts: int
+    job_id: str
+    evals: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Scheduler:
+    """squeue/sacct queries, batched and bounded; remembers a failing sacct."""
+
+    def __init__(self) -> None:
+        self.has_squeue = shutil.which("squeue") is not None
+        self.sacct_ok = shutil.which("sacct") is not None
+        self.notes: list[str] = []
+
+    def _run(self, args: list[str]) -> str | None:
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    def squeue(self, job_ids: list[str]) -> dict[str, str]:
+        if not self.has_squeue or not job_ids:
+            return {}
+        out = self._run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)])
+        if out is None:  # squeue errors when none of the ids is known any more
+            return {}
+        return dict(line.split(maxsplit=1) for line in out.splitlines() if " " in line)
+
+    def sacct(self, job_ids: list[str]) -> dict[str, str]:
+        if not self.sacct_ok or not job_ids:
+            return {}
+        out = self._run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)])
+        if out is None:
+            self.sacct_ok = False
+            self.notes.append("sacct unavailable: states of finished jobs come from the run directory")
+            return {}
+        states = {}
+        for line in out.splitlines():
+            job, _, state = line.partition("|")
+            states[job.strip()] = state.split()[0] if state else ""
+        return states
+
+
+def _local_alive(job_id: str) -> bool:
+    """Local executor job ids are the controller's pid."""
+    if not job_id.isdigit():
+        return False
+    try:
+        os.kill(int(job_id), 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        with open(f"/proc/{job_id}/cmdline", "rb") as f:
+            return b"submitit" in f.read()
+    except OSError:
+        return True
+
+
+def _eta(run_dir: Path, step: int, total: int | None) -> float | None:
+    if total is None or step >= total:
+        return None
+    recent = runs.tail_lines(run_dir / "metrics.jsonl", 20)
+    if len(recent) < 2 or recent[-1]["step"] <= recent[0]["step"]:
+        return None
+    rate = (recent[-1]["step"] - recent[0]["step"]) / max(1e-9, recent[-1]["time"] - recent[0]["time"])
+    return (total - step) / rate if rate > 0 else None
+
+
+def _checkpoint_age(run_dir: Path) -> float | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    try:
+        return time.time() - pointer.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _eval_cells(run_dir: Path) -> str:
+    directory = run_dir / "evals"
+    if not directory.is_dir():
+        return ""
+    cells = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+            cells.append(f"{result.get('task', path.stem)} {result.get('value', 0):.1f}")
+        except (OSError, json.JSONDecodeError, TypeError, ValueError):
+            cells.append(f"{path.stem} ?")
+    return ", ".join(cells)
+
+
+def run_state(ledger: list[dict], outcome: dict | None, scheduler_state: str | None,
+              executor: str, alive: bool, heartbeat_age: float | None) -> str:
+    """One of PENDING, RUNNING, REQUEUED, STALLED, DIVERGED, FAILED, CANCELLED, COMPLETED."""
+    events = [e["event"] for e in ledger]
+    last_submit = max((i for i, e in enumerate(events) if e in ("submit", "requeue")), default=-1)
+    if "cancel" in events[last_submit + 1:] or (events and events[-1] == "cancel"):
+        return "CANCELLED"
+    if scheduler_state:
+        state = scheduler_state.upper()
+        if state in ("PENDING", "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED", "REQUEUED"):
+            started = outcome is not None or sum(e == "submit" for e in events) > 1
+            return "REQUEUED" if started or state.startswith("REQUEUE") else "PENDING"
+        if state in ("RUNNING", "COMPLETING", "SUSPENDED"):
+            if heartbeat_age is not None and heartbeat_age > STALE_HEARTBEAT_S:
+                return "STALLED"
+            return "RUNNING"
+        if state.startswith("CANCELLED"):
+            return "CANCELLED"
+        if state in ("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"):
+            return "DIVERGED" if outcome and outcome.get("status") == "DIVERGED" else "FAILED"
+    if executor == "local" and alive:
+        if heartbeat_age is not None and heartbeat_age > STALE_HEARTBEAT_S:
+            return "STALLED"
+        return "RUNNING"
+    if outcome is not None:
+        status = outcome.get("status")
+        if status in ("COMPLETED", "DIVERGED"):
+            return status
+        return "REQUEUED" if scheduler_state else "FAILED"
+    if scheduler_state is None and executor == "slurm" and last_submit >= 0:
+        return "FAILED"
+    return "FAILED" if last_submit >= 0 else "PENDING"
+
+
+def collect(root: Path, only: list[str] | None = None) -> tuple[list[RunRow], list[str]]:
+    """Status rows of every run (or the named ones), with notes for the user."""
+    dirs = [runs.find_run(root, n) for n in only] if only else runs.list_runs(root)
+    infos = {d: runs.read_json(d / runs.RUN_INFO) or {} for d in dirs}
+    ledgers = {d: runs.read_ledger(d) for d in dirs}
+    job_ids = {d: next((e.get("job_id") for e in reversed(ledgers[d]) if e.get("job_id")), "")
+               for d in dirs}
+    scheduler = Scheduler()
+    slurm_ids = [job_ids[d] for d in dirs if infos[d].get("executor") == "slurm" and job_ids[d]]
+    states = scheduler.squeue(slurm_ids)
+    missing = [j for j in slurm_ids if j not in states]
+    states.update(scheduler.sacct(missing))
+    rows = []
+    now = time.time()
+    for d in dirs:
+        info, ledger, job_id = infos[d], ledgers[d], job_ids[d]
+        outcome = runs.read_json(d / "outcome.json")
+        last = runs.last_line(d / "metrics.jsonl") or {}
+        finished = (outcome or {}).get("status") in ("COMPLETED", "DIVERGED")
+        beats = [] if finished else [b.get("time", 0) for b in runs.iter_heartbeats(d)]
+        heartbeat_age = now - min(beats) if beats else None
+        executor = info.get("executor", "local")
+        alive = executor == "local" and not finished and _local_alive(job_id)
+        state = run_state(ledger, outcome, states.get(job_id), executor, alive, heartbeat_age)
+        step = int(last.get("step", 0))
+        total = info.get("max_steps") or (outcome or {}).get("total_steps")
+        rows.append(RunRow(
+            run=d.name, task=info.get("task", "?"), size=info.get("size", "?"),
+            geometry=f"{info.get('nodes', 1)}x{info.get('gpus_per_node') or info.get('procs_per_node', 1)}",
+            state=state, step=step, total=total,
+            percent=100.0 * step / total if total else None,
+            eta_s=_eta(d, step, total) if state == "RUNNING" else None,
+            loss=last.get("loss"), checkpoint_age_s=_checkpoint_age(d),
+            preemptions=sum(e.get("cause") == "preemption" for e in ledger if e["event"] == "requeue"),
+            timeouts=sum(e.get("cause") == "timeout" for e in ledger if e["event"] == "requeue"),
+            job_id=job_id, evals=_eval_cells(d)))
+    return rows, scheduler.notes

@@ -1,0 +1,118 @@
+"""Create a run directory from a rendered spec and submit its job through submitit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from nepa.config import to_dict
+from nepactl import runs
+from nepactl.cluster import make_executor, sbatch_script
+from nepactl.errors import CliError
+from nepactl.render import Rendered
+
+
+@dataclass(frozen=True)
+class Submission:
+    run_dir: Path
+    job_id: str
+    executor: str
+
+
+def check_data(rendered: Rendered) -> None:
+    """Validate the data path on the login node, before anything is queued."""
+    from nepa.data import check_dataset
+
+    check_dataset(rendered.run.data)
+
+
+def _fill(staging: Path, rendered: Rendered, task: str, size: str) -> None:
+    from nepa.runconfig import write_run_config
+
+    write_run_config(staging, rendered.run)
+    (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(rendered.cluster), sort_keys=False))
+    train = rendered.run.train
+    runs.write_json(staging / runs.RUN_INFO, {
+        "name": rendered.run.name, "task": task, "size": size, "nodes": train.nodes,
+        "procs_per_node": train.procs_per_node, "gpus_per_node": rendered.cluster.gpus_per_node,
+        "executor": rendered.cluster.resolved_executor(), "created": time.time(),
+        "max_steps": train.max_steps, "derived": rendered.derived, "layers": rendered.layers,
+    })
+    runs.snapshot_code(staging / "code")
+
+
+@contextlib.contextmanager
+def _quiet_children():
+    """The local executor's controller inherits stdio: give it /dev/null, not our terminal."""
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def submit_job(run_dir: Path, *, attempt_cause: str) -> Submission:
+    """Submit (or resubmit) the run's job from its stored config and code snapshot."""
+    from nepa.config import from_dict
+
+    from nepactl.cluster import ClusterConfig
+    from nepactl.job import TrainJob
+
+    cluster = from_dict(ClusterConfig, yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {},
+                        path="cluster", source=str(run_dir / "cluster.yaml"))
+    info = runs.read_json(run_dir / runs.RUN_INFO) or {}
+    code_dir = run_dir / "code"
+    executor = make_executor(cluster, run_dir / "submitit", nodes=info.get("nodes", 1),
+                             job_name=run_dir.name, code_dir=code_dir)
+    kind = cluster.resolved_executor()
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(code_dir) + (os.pathsep + previous if previous else "")
+    try:
+        with _quiet_children() if kind == "local" else contextlib.nullcontext():
+            job = executor.submit(TrainJob(run_dir))
+    except Exception as exc:
+        message = str(exc).strip().splitlines()
+        raise CliError(f"{kind} refused the job: {message[-1] if message else exc}; check the "
+                       "cluster profile (partition, account, limits) with nepactl doctor") from None
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+    runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=kind, cause=attempt_cause)
+    return Submission(run_dir, str(job.job_id), kind)
+
+
+def submit_new(rendered: Rendered, root: Path, *, task: str, size: str) -> Submission:
+    """Create the run directory and submit; on any failure nothing is left behind."""
+    check_data(rendered)
+    run_dir = runs.create_run(root, rendered.run.name, lambda d: _fill(d, rendered, task, size))
+    try:
+        return submit_job(run_dir, attempt_cause="new run")
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def dry_run_script(rendered: Rendered, root: Path) -> str | None:
+    """The sbatch script a real submit would write (None for local/debug executors)."""
+    if rendered.cluster.resolved_executor() != "slurm":
+        return None
+    run_dir = root / rendered.run.name
+    return sbatch_script(rendered.cluster, run_dir / "submitit", nodes=rendered.run.train.nodes,
+                         job_name=rendered.run.name, code_dir=run_dir / "code")
