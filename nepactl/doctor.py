@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ def check_binaries(executor: str) -> list[Check]:
     for binary in ("sbatch", "squeue", "scancel", "scontrol", "sacct"):
         path = shutil.which(binary)
         out.append(Check(f"{binary} on PATH", path is not None,
-                         path or f"not found; load SLURM's module or add it to PATH"))
+                         path or "not found; load SLURM's module or add it to PATH"))
     return out
 
 

@@ -169,7 +169,7 @@ def derive(run) -> dict[str, Any]:
         "accumulation": f"{train.accumulation} = global_batch {train.global_batch} / "
                         f"(world_size {train.world_size} x micro_batch {train.micro_batch})",
         "lr": f"{base_lr(run.optim, train.global_batch):.4g} = "
-              + (f"optim.lr" if run.optim.lr is not None
+              + ("optim.lr" if run.optim.lr is not None
                  else f"blr {run.optim.blr:g} x global_batch {train.global_batch} / 256"),
     }
     if train.max_steps is not None:

@@ -69,7 +69,6 @@ def _quiet_children():
 def submit_job(run_dir: Path, *, attempt_cause: str) -> Submission:
     """Submit (or resubmit) the run's job from its stored config and code snapshot."""
     from nepa.config import from_dict
-
     from nepactl.cluster import ClusterConfig
     from nepactl.job import TrainJob
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import hashlib
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 import nepa
 from nepa import data as nepa_data
@@ -81,11 +79,6 @@ class _Pretrainer(nn.Module):
         return nepa_loss(inputs, outputs, shift=self.shift, stop_grad=self.stop_grad), outputs.detach()
 
 
-def _item_seed(seed: int, epoch: int, index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF
-
-
 class _EpochTagged(Sampler):
     """Yields (epoch, index) so each item's augmentation can be seeded by what it is."""
 
@@ -115,22 +108,8 @@ class _SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        seed = _item_seed(self.seed, epoch, index)
-        py_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            try:
-                import numpy as np
-
-                np_state = np.random.get_state()
-                np.random.seed(seed)
-                try:
-                    return self.dataset[index]
-                finally:
-                    np.random.set_state(np_state)
-            finally:
-                random.setstate(py_state)
+        with nepa_data.seeded(nepa_data.item_seed(self.seed, epoch, index)):
+            return self.dataset[index]
 
 
 class Trainer:
@@ -300,6 +279,8 @@ class Trainer:
                 log.warning("rolling back to the last good checkpoint (rollback %d of %d)",
                             rollbacks, self.cfg.train.max_rollbacks)
                 self._restore()
+                if self.metrics is not None:
+                    self.metrics.rewind(self.step)
         finally:
             if self.metrics is not None:
                 self.metrics.close()

@@ -39,6 +39,12 @@ class MetricsLog:
                 kept.append(line)
         atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
 
+    def rewind(self, step: int) -> None:
+        """Forget records after `step` (a rollback to an earlier checkpoint)."""
+        self._file.close()
+        self._truncate_after(step)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()

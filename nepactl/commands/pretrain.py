@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from nepactl import console
-from nepactl.commands.options import (Cluster, ConfigFiles, DryRun, GpusPerNode, Name, Nodes,
-                                      RunsRoot, Sets, Size)
+from nepactl.commands.options import (
+    Cluster,
+    ConfigFiles,
+    DryRun,
+    GpusPerNode,
+    Name,
+    Nodes,
+    RunsRoot,
+    Sets,
+    Size,
+)
 from nepactl.errors import handled
 
 

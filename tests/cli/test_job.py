@@ -25,24 +25,28 @@ def _heartbeat(run_dir):
 
 @pytest.mark.slow
 def test_warning_signal_saves_requeues_and_resumes_through_the_local_executor(tmp_path):
-    run = make_run(tmp_path / "run", train={"max_steps": 30}, checkpoint={"every_steps": 1000})
+    run = make_run(tmp_path / "run", train={"max_steps": 60}, checkpoint={"every_steps": 1000})
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     executor.update_parameters(timeout_min=15)  # >= 10 min: an early signal is a preemption
     job = executor.submit(TrainJob(run))
     deadline = time.time() + 120
     while time.time() < deadline:
+        records = read_metrics(run)
         beat = _heartbeat(run)
-        if beat and beat["step"] >= 3:
+        if records and records[-1]["step"] >= 3 and beat:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     else:
-        pytest.fail("the job did not reach step 3:\n" + job.stderr() or "")
+        pytest.fail("the job did not reach step 3:\n" + job.stderr())
     first_pid = beat["pid"]
     os.kill(first_pid, signal.SIGUSR2)
     outcome = job.result()
-    assert outcome["status"] == "COMPLETED" and outcome["step"] == 30
+    assert outcome["status"] == "COMPLETED" and outcome["step"] == 60
     assert _heartbeat(run)["pid"] != first_pid  # a second start resumed the run
     log = job.stderr() + job.stdout()
     assert "stop requested (SIGUSR2)" in log and "resumed from" in log
     assert "preempted" in log  # submitit classified and requeued it
-    assert [r["step"] for r in read_metrics(run)] == list(range(1, 31))
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 61))
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in ledger] == ["start", "requeue", "start", "end"]
+    assert ledger[1]["cause"] == "preemption" and ledger[3]["status"] == "COMPLETED"
