@@ -146,6 +146,7 @@ def capture_attempt(run_dir: Path, job_id: str) -> None:
                                              for i in range(torch.cuda.device_count())],
         "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_")},
         "submitit": submitit.__version__,
+        "code": str(Path(__file__).resolve().parents[1]),  # the snapshot this attempt runs
     })
     runs.append_ledger(run_dir, "start", job_id=job_id, attempt=number)
 

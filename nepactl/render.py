@@ -66,23 +66,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _check_layer(data: dict, source: str) -> None:
-    from nepa.runconfig import RunConfig
-
-    check_keys(_Document, data, source=source)
-    for section, value in data.items():
-        if section == "cluster":
-            check_keys(ClusterConfig, value, path="cluster", source=source)
-        elif isinstance(value, dict):
-            section_cls = {f.name: f.type for f in dataclasses.fields(RunConfig)}[section]
-            check_keys(_section_class(section_cls), value, path=section, source=source)
-
-
-def _section_class(name_or_cls):
     from typing import get_type_hints
 
     from nepa.runconfig import RunConfig
 
-    return get_type_hints(RunConfig)[name_or_cls] if isinstance(name_or_cls, str) else name_or_cls
+    check_keys(_Document, data, source=source)
+    sections = get_type_hints(RunConfig)
+    for section, value in data.items():
+        if section == "cluster":
+            check_keys(ClusterConfig, value, path="cluster", source=source)
+        elif isinstance(value, dict):
+            check_keys(sections[section], value, path=section, source=source)
 
 
 def cluster_profile_path(profile: str, templates: Path = TEMPLATES) -> Path:

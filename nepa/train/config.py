@@ -87,11 +87,19 @@ class TrainConfig:
         check(self.micro_batch >= 1, "train.micro_batch", "must be >= 1")
         check(self.global_batch % (self.world_size * self.micro_batch) == 0, "train.global_batch",
               f"{self.global_batch} is not divisible by world size {self.world_size} x "
-              f"micro_batch {self.micro_batch}; change train.micro_batch or train.global_batch")
+              f"micro_batch {self.micro_batch}; {self._batch_fix()}")
         check(self.epochs >= 1, "train.epochs", "must be >= 1")
         check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
         check(self.nodes >= 1 and self.procs_per_node >= 1, "train.nodes", "nodes and procs_per_node must be >= 1")
         check(self.max_bad_steps >= 0, "train.max_bad_steps", "must be >= 0")
+
+    def _batch_fix(self) -> str:
+        per_rank, rest = divmod(self.global_batch, self.world_size)
+        if rest or per_rank == 0:
+            return (f"set train.global_batch to a multiple of {self.world_size * self.micro_batch}"
+                    " or change the number of processes")
+        fitting = max(d for d in range(1, min(per_rank, self.micro_batch) + 1) if per_rank % d == 0)
+        return f"set train.micro_batch to {fitting} (or change train.global_batch)"
 
     @property
     def world_size(self) -> int:

@@ -27,7 +27,13 @@ SourceOption = Annotated[
 @contextmanager
 def _progress_bar(verb: str):
     """A rich progress bar on stderr, one task per split, fed by the library's callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     tasks: dict[str, int] = {}
     with Progress(TextColumn(f"{verb} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
