@@ -84,10 +84,10 @@ def evaluate_demo(run_dir: Path) -> list[dict]:
 
     models = {"NEPA (EMA)": load_pretrained(run_dir), "random init": NepaViT(cfg.model).eval()}
     rows = []
-    with console.err.status("linear probe: features, C chosen on held-out train, scored on val"):
+    with console.err.status("linear probe: features, lr chosen on held-out train, scored on val"):
         for name, model in models.items():
             for result in linear_probe(model, train, val, probe_cfg):
                 rows.append({"weights": name, "feature": result.feature,
                              "val top-1 %": result.top1, "held-out top-1 %": result.holdout_top1,
-                             "C": result.c})
+                             "probe lr": result.lr})
     return rows
