@@ -8,7 +8,6 @@ is mapped; anything unknown or missing is one error that lists the keys.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path

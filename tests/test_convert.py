@@ -11,8 +11,14 @@ from safetensors.torch import load_file
 
 import nepa
 from nepa import checkpoint
-from nepa.convert import (RELEASE_CONFIG_KEYS, ConversionError, config_from_hf, convert,
-                          read_release, write_release)
+from nepa.convert import (
+    RELEASE_CONFIG_KEYS,
+    ConversionError,
+    config_from_hf,
+    convert,
+    read_release,
+    write_release,
+)
 from nepa.model import build_model
 from tests.conftest import GOLDEN
 
