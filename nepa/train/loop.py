@@ -152,20 +152,12 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema) if cfg.ema.enabled else None
         self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint)
 
-        dataset = self._dataset if self._dataset is not None else nepa_data.build_dataset(
-            cfg.data, "train", nepa_data.pretrain_transform(cfg.data))
-        self.sampler = nepa_data.ResumableSampler(
-            len(dataset), global_batch=cfg.train.global_batch, micro_batch=cfg.train.micro_batch,
-            rank=self.env.rank, world_size=self.env.world_size, seed=cfg.train.seed)
-        self.tagged = _EpochTagged(self.sampler)
-        self.loader = nepa_data.build_train_loader(
-            cfg.data, _SeededItems(dataset, cfg.train.seed), self.tagged,
-            cfg.train.micro_batch, cfg.train.seed)
+        self._build_data()
         self.steps_per_epoch = self.sampler.steps_per_epoch
         if self.steps_per_epoch < 1:
             raise nepa_data.DataError(
-                f"the training split has {len(dataset)} images, fewer than one global batch "
-                f"({cfg.train.global_batch}); lower train.global_batch")
+                f"the training split has {len(self.sampler)} images, fewer than one global "
+                f"batch ({cfg.train.global_batch}); lower train.global_batch")
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
         self.peak_lr = base_lr(cfg.optim, cfg.train.global_batch)
         self.warmup = warmup_steps(cfg.optim, self.total_steps)
@@ -181,6 +173,30 @@ class Trainer:
                 cfg.train.procs_per_node, cfg.train.micro_batch, cfg.train.accumulation,
                 cfg.train.global_batch, self.peak_lr, cfg.optim.blr, cfg.train.global_batch,
                 self.steps_per_epoch, self.total_steps, self.warmup, "bf16" if use_bf16 else "fp32")
+
+    def _build_data(self) -> None:
+        """Map-style sources: a ResumableSampler over (epoch, index)-seeded items. Shards: the
+        data layer's ShardStream, which splits, orders and seeds items itself."""
+        cfg, env = self.cfg, self.env
+        transform = nepa_data.pretrain_transform(cfg.data)
+        if self._dataset is None and cfg.data.source == "wds":
+            self.sampler = nepa_data.build_train_stream(
+                cfg.data, "train", transform, global_batch=cfg.train.global_batch,
+                micro_batch=cfg.train.micro_batch, rank=env.rank, world_size=env.world_size,
+                seed=cfg.train.seed)
+            self.tagged = None
+            self.loader = nepa_data.build_train_loader(cfg.data, self.sampler, None,
+                                                       cfg.train.micro_batch, cfg.train.seed)
+            return
+        dataset = self._dataset if self._dataset is not None else nepa_data.build_dataset(
+            cfg.data, "train", transform)
+        self.sampler = nepa_data.ResumableSampler(
+            len(dataset), global_batch=cfg.train.global_batch, micro_batch=cfg.train.micro_batch,
+            rank=env.rank, world_size=env.world_size, seed=cfg.train.seed)
+        self.tagged = _EpochTagged(self.sampler)
+        self.loader = nepa_data.build_train_loader(
+            cfg.data, _SeededItems(dataset, cfg.train.seed), self.tagged,
+            cfg.train.micro_batch, cfg.train.seed)
 
     # -- checkpoint state -----------------------------------------------------------------------
 
@@ -199,8 +215,7 @@ class Trainer:
             "scaler": None,  # bf16/fp32 need no loss scaling
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
-            "sampler": {"epoch": self.step // self.steps_per_epoch,
-                        "step_in_epoch": self.step % self.steps_per_epoch},
+            "sampler": self.sampler.position(self.step),
             "rng": rng_states,
             "config_yaml": dump_yaml(self.cfg),
             "code_version": nepa.__version__,
@@ -235,6 +250,8 @@ class Trainer:
         if self.ema is not None and payload.get("ema") is not None:
             self.ema.load_state_dict(payload["ema"])
         self.step = int(payload["step"])
+        if payload.get("sampler"):
+            self.sampler.load_state_dict(payload["sampler"])  # checks the data still fits
         rng = payload.get("rng") or []
         if self.env.rank < len(rng):
             torch.set_rng_state(rng[self.env.rank]["torch"])
@@ -321,7 +338,8 @@ class Trainer:
         while self.step < self.total_steps:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch, start_step=in_epoch)
-            self.tagged.epoch = epoch
+            if self.tagged is not None:
+                self.tagged.epoch = epoch
             batches = iter(self.loader)
             for _ in range(in_epoch, self.steps_per_epoch):
                 if distributed.any_rank(self._stop_reason is not None, self.env):
@@ -348,6 +366,11 @@ class Trainer:
             data_time += time.perf_counter() - t0
             skipped_images += int(batch.get("skipped", 0))
             images = batch["image"].to(env.device, non_blocking=True)
+            weight = 1.0
+            if images.shape[0] == 0:  # every image unreadable: a zero-weighted dummy keeps
+                weight = 0.0          # DDP's collectives in step with the other ranks
+                size = cfg.model.image_size
+                images = torch.zeros(1, cfg.model.in_chans, size, size, device=env.device)
             sync = contextlib.nullcontext()
             if self.ddp is not None and micro < accumulation - 1:
                 sync = self.ddp.no_sync()
@@ -356,9 +379,12 @@ class Trainer:
                     loss, outputs = self.step_module(images)
                 if self._loss_hook is not None:
                     loss = self._loss_hook(self.step, loss)
-                (loss / accumulation).backward()
-            losses.append(loss.detach().float())
-        loss = distributed.all_reduce_mean(torch.stack(losses).mean(), env)
+                (loss * (weight / accumulation)).backward()
+            if weight:
+                losses.append(loss.detach().float())
+        # A step without one readable image has no loss: NaN, so it is skipped like a bad step.
+        local = torch.stack(losses).mean() if losses else torch.full((), math.nan, device=env.device)
+        loss = distributed.all_reduce_mean(local, env)
         lr = lr_at(self.step, peak=self.peak_lr, total_steps=self.total_steps,
                    warmup=self.warmup, floor=cfg.optim.min_lr)
         grad_norm = torch.nn.utils.clip_grad_norm_(

@@ -176,3 +176,51 @@ def test_two_processes_save_one_process_resumes_same_sample_order(tmp_path):
     # 96 samples, global batch 32 -> 3 steps per epoch; 6 steps = 2 epochs, each sample once each.
     assert sorted(served) == sorted(list(range(96)) * 2)
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 7))
+
+
+class MostlyUnreadable(Dataset):
+    """56 of 64 images unreadable: many micro-batches of 8 have no readable image at all."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        if index < 56:
+            return None  # unreadable: collate drops and counts it
+        return {"image": torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(index)),
+                "label": 0, "index": index}
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    run = make_run(tmp_path / "run", train={"max_steps": 4, "global_batch": 32, "micro_batch": 8},
+                   data={"num_workers": 0})
+    result = Trainer(load_run_config(run), run, dataset=MostlyUnreadable()).fit()
+    assert result.status is RunStatus.COMPLETED
+    records = read_metrics(run)
+    assert sum(r["skipped_images"] for r in records) == 2 * 56  # 2 epochs, counted per step
+    assert all(math.isfinite(r["loss"]) and not r["skipped_step"] for r in records)
+
+
+@pytest.mark.slow
+def test_training_on_webdataset_shards_stops_and_resumes(tmp_path):
+    from nepa.data import pack_shards
+
+    shards = tmp_path / "shards"
+    pack_shards("digits", shards, shard_size=400)
+    run = make_run(tmp_path / "run", train={"max_steps": 6},
+                   data={"source": "wds", "path": str(shards), "num_workers": 0})
+    cfg = load_run_config(run)
+
+    class StopAtTwo:
+        def on_start(self, trainer): ...
+        def on_checkpoint(self, trainer, step, path): ...
+        def on_end(self, trainer, result): ...
+
+        def on_step_end(self, trainer, record):
+            if record["step"] == 2:
+                trainer.request_stop("test")
+
+    assert Trainer(cfg, run, callbacks=[StopAtTwo()]).fit().status is RunStatus.STOPPED
+    result = Trainer(cfg, run).fit()
+    assert result.status is RunStatus.COMPLETED and result.step == 6
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]

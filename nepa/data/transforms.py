@@ -1,0 +1,58 @@
+"""Image transforms: the release's pretraining augmentation, timm's fine-tuning recipe,
+evaluation resize + centre crop, and timm's Mixup/CutMix. All normalise with mean = std = 0.5
+per channel (pixels to [-1, 1]), as the release does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torchvision import transforms as T
+
+from nepa.data.config import DataConfig
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+
+def pretrain_transform(cfg: DataConfig) -> Callable:
+    """RandomResizedCrop (bilinear, as the release) + optional flip, to a normalised tensor."""
+    steps = [T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale),
+                                 interpolation=T.InterpolationMode.BILINEAR)]
+    if cfg.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def finetune_transform(cfg: DataConfig, *, auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+                       re_prob: float = 0.25, interpolation: str = "bicubic") -> Callable:
+    """timm's fine-tuning recipe: random resized crop + flip, RandAugment, random erasing."""
+    from timm.data import create_transform
+
+    return create_transform(cfg.image_size, is_training=True, auto_augment=auto_augment,
+                            interpolation=interpolation, re_prob=re_prob, re_mode="pixel",
+                            re_count=1, mean=MEAN, std=STD)
+
+
+def eval_transform(image_size: int, crop_pct: float = 0.875, squash: bool = False) -> Callable:
+    """Resize to int(image_size / crop_pct) (bicubic), centre crop image_size.
+
+    Default: the short side is resized, keeping the aspect ratio (224 at 0.875: 256 -> 224).
+    squash=True resizes to a square first, the release's Large evaluation (224 at 0.95:
+    235x235 -> 224).
+    """
+    from timm.data import create_transform
+
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    return create_transform(image_size, is_training=False, crop_pct=crop_pct,
+                            crop_mode="squash" if squash else "center", interpolation="bicubic",
+                            mean=MEAN, std=STD)
+
+
+def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, switch_prob: float = 0.5,
+                label_smoothing: float = 0.1):
+    """timm's batch-wise Mixup/CutMix with label smoothing (targets become soft labels)."""
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, switch_prob=switch_prob, prob=1.0,
+                 mode="batch", label_smoothing=label_smoothing, num_classes=num_classes)

@@ -1,0 +1,67 @@
+"""Transforms: the release's pretraining crop, eval resize/crop variants, fine-tuning, Mixup."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from nepa.data import (
+    DataConfig,
+    build_mixup,
+    eval_transform,
+    finetune_transform,
+    pretrain_transform,
+    seeded,
+)
+
+
+def _photo(width=500, height=375) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_pretrain_transform_is_the_release_recipe():
+    cfg = DataConfig(source="digits", image_size=224, crop_scale=(0.3, 0.9), hflip=True)
+    transform = pretrain_transform(cfg)
+    crop, flip, _, norm = transform.transforms
+    assert isinstance(crop, T.RandomResizedCrop) and crop.size == (224, 224)
+    assert crop.scale == (0.3, 0.9) and crop.interpolation == T.InterpolationMode.BILINEAR
+    assert isinstance(flip, T.RandomHorizontalFlip)
+    assert list(norm.mean) == [0.5] * 3 and list(norm.std) == [0.5] * 3
+    with seeded(7):
+        a = transform(_photo())
+    with seeded(7):
+        b = transform(_photo())
+    assert a.shape == (3, 224, 224) and torch.equal(a, b)
+    assert a.min() >= -1.0 and a.max() <= 1.0
+    no_flip = pretrain_transform(DataConfig(hflip=False))
+    assert not any(isinstance(t, T.RandomHorizontalFlip) for t in no_flip.transforms)
+
+
+def test_eval_transform_short_side_and_squash():
+    resize = eval_transform(224).transforms[0]
+    assert resize.size == 256 and resize.interpolation == T.InterpolationMode.BICUBIC
+    assert eval_transform(224)(_photo()).shape == (3, 224, 224)
+    squash = eval_transform(224, crop_pct=0.95, squash=True)
+    assert squash.transforms[0].size == (235, 235)
+    assert squash(_photo()).shape == (3, 224, 224)
+    # aspect kept by default: a wide image's short side becomes 256, so the crop is central
+    stripe = np.zeros((200, 400, 3), dtype=np.uint8)
+    stripe[:, :100] = 255  # white left quarter: cropped away by the centre crop
+    out = eval_transform(224)(Image.fromarray(stripe))
+    assert out.max() < -0.99
+
+
+def test_finetune_transform_and_mixup():
+    transform = finetune_transform(DataConfig(image_size=64))
+    names = [type(t).__name__ for t in transform.transforms]
+    assert "RandAugment" in names and names[-1] == "RandomErasing"
+    image = transform(_photo())
+    assert image.shape == (3, 64, 64)
+    mixup = build_mixup(num_classes=10)
+    images, targets = mixup(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
+    assert images.shape == (4, 3, 8, 8) and targets.shape == (4, 10)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
+    assert targets.min() > 0  # label smoothing 0.1: no zero targets
