@@ -54,7 +54,11 @@ def python_command(cluster: ClusterConfig) -> str:
 
 def slurm_parameters(cluster: ClusterConfig, *, nodes: int, job_name: str,
                      code_dir: Path | None) -> dict[str, Any]:
-    """sbatch parameters in submitit's SlurmExecutor vocabulary (also used for --dry-run)."""
+    """sbatch parameters in submitit's SlurmExecutor vocabulary (also used for --dry-run).
+
+    With a code snapshot the job runs in the run directory (--chdir): `python -m` puts the
+    working directory first on sys.path, which must not be a source tree.
+    """
     setup = list(cluster.setup)
     if code_dir is not None:  # jobs and their requeues run the code snapshot taken at submit
         setup.append(f"export PYTHONPATH={shlex.quote(str(code_dir))}${{PYTHONPATH:+:$PYTHONPATH}}")
@@ -68,8 +72,11 @@ def slurm_parameters(cluster: ClusterConfig, *, nodes: int, job_name: str,
                 "gpus_per_node": cluster.gpus_per_node or None,
                 "mem": f"{int(cluster.mem_gb)}GB" if cluster.mem_gb else None}
     params.update({k: v for k, v in optional.items() if v is not None})
-    if cluster.sbatch_extra:
-        params["additional_parameters"] = dict(cluster.sbatch_extra)
+    extra = dict(cluster.sbatch_extra)
+    if code_dir is not None:
+        extra.setdefault("chdir", str(code_dir.parent))
+    if extra:
+        params["additional_parameters"] = extra
     return params
 
 

@@ -5,8 +5,9 @@ SIGTERM. Instead, our handlers (installed after submitit's) only set the engine'
 at the next step boundary all ranks agree, save together, and then:
 - warning signal (USR2, time limit or manual): rank 0 hands over to submitit's requeue logic
   (it classifies timeout vs preemption and counts timeouts down), which requeues the job;
-- SIGTERM (SLURM preemption with PreemptMode=REQUEUE): SLURM requeues the job itself, so every
-  rank just exits after the save.
+- SIGTERM (SLURM preemption with PreemptMode=REQUEUE): the same self-requeue, at once (SLURM
+  would requeue only a job still running when GraceTime ends, and mark one that exits
+  COMPLETED).
 The state lives on disk (the run directory), so the pickled job is just the run directory.
 """
 
@@ -73,10 +74,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             if env.global_rank == 0:
                 runs.append_ledger(run_dir, "requeue", job_id=str(env.job_id), cause=cause,
                                    step=result.step, save_seconds=result.save_seconds)
-            if received and received[0] == WARNING_SIGNAL and env.global_rank == 0:
+            if received and env.global_rank == 0:
                 if submitit_handler is None:
                     raise RuntimeError("submitit's signal handler is missing: cannot requeue")
-                # Checkpoints our (stateless) job, requeues it and exits the process.
+                # Both paths requeue now: a preempted job that just exits would be COMPLETED
+                # for SLURM (it requeues only jobs still running at the end of GraceTime).
+                # submitit pickles our stateless job, requeues (scontrol requeue / local
+                # restart) and exits the process.
                 submitit_handler.checkpoint_and_try_requeue(WARNING_SIGNAL)
             log.info("stopped at step %d (%s, %s); exiting for the requeue", result.step,
                      result.stop_reason, cause)

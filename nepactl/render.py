@@ -149,6 +149,9 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
     cluster_cfg = from_dict(ClusterConfig, merged.pop("cluster", {}), path="cluster")
     merged.setdefault("train", {})["procs_per_node"] = cluster_cfg.tasks_per_node
     merged["name"] = merged.get("name") or f"{task}-{canonical}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = merged.get("data", {}).get("path")
+    if isinstance(path, str) and "://" not in path and not path.startswith("pipe:"):
+        merged["data"]["path"] = os.path.abspath(os.path.expanduser(path))  # jobs run elsewhere
     run = from_dict(RunConfig, merged)
     return Rendered(run, cluster_cfg, derive(run), [source for source, _ in layers])
 

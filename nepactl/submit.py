@@ -75,20 +75,25 @@ def submit_job(run_dir: Path, *, attempt_cause: str) -> Submission:
     cluster = from_dict(ClusterConfig, yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {},
                         path="cluster", source=str(run_dir / "cluster.yaml"))
     info = runs.read_json(run_dir / runs.RUN_INFO) or {}
+    run_dir = run_dir.resolve()
     code_dir = run_dir / "code"
     executor = make_executor(cluster, run_dir / "submitit", nodes=info.get("nodes", 1),
                              job_name=run_dir.name, code_dir=code_dir)
     kind = cluster.resolved_executor()
     previous = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(code_dir) + (os.pathsep + previous if previous else "")
+    cwd = os.getcwd()
     try:
+        if kind == "local":  # the controller inherits the cwd; see cluster.slurm_parameters
+            os.chdir(run_dir)
         with _quiet_children() if kind == "local" else contextlib.nullcontext():
-            job = executor.submit(TrainJob(run_dir))
+            job = executor.submit(TrainJob(run_dir.resolve()))
     except Exception as exc:
         message = str(exc).strip().splitlines()
         raise CliError(f"{kind} refused the job: {message[-1] if message else exc}; check the "
                        "cluster profile (partition, account, limits) with nepactl doctor") from None
     finally:
+        os.chdir(cwd)
         if previous is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -112,6 +117,6 @@ def dry_run_script(rendered: Rendered, root: Path) -> str | None:
     """The sbatch script a real submit would write (None for local/debug executors)."""
     if rendered.cluster.resolved_executor() != "slurm":
         return None
-    run_dir = root / rendered.run.name
+    run_dir = (root / rendered.run.name).resolve()  # as submit_job will see it
     return sbatch_script(rendered.cluster, run_dir / "submitit", nodes=rendered.run.train.nodes,
                          job_name=rendered.run.name, code_dir=run_dir / "code")
