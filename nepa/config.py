@@ -26,6 +26,13 @@ def _where(path: str, source: str | None) -> str:
     return f"{path} (in {source})" if source else path
 
 
+def unknown_key(dotted: str, key: str, fields: typing.Iterable[str], source: str | None) -> ConfigError:
+    """The error for a key that is not a field: dotted path, suggestion, the known keys."""
+    fields = sorted(fields)
+    return ConfigError(f"{_where(dotted, source)}: unknown key{suggest(str(key), fields)}; "
+                       f"known keys: {', '.join(fields)}")
+
+
 def suggest(name: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
@@ -122,10 +129,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, path: str = "", source: str
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(
-                f"{_where(dotted, source)}: unknown key{suggest(str(key), fields)}; "
-                f"known keys: {', '.join(sorted(fields))}"
-            )
+            raise unknown_key(dotted, key, fields, source)
         kwargs[key] = _convert(value, hints[key], dotted, source)
     try:
         return cls(**kwargs)
@@ -165,10 +169,7 @@ def check_keys(cls: type, data: Any, *, path: str = "", source: str | None = Non
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(
-                f"{_where(dotted, source)}: unknown key{suggest(str(key), fields)}; "
-                f"known keys: {', '.join(sorted(fields))}"
-            )
+            raise unknown_key(dotted, key, fields, source)
         tp = hints[key]
         options = [t for t in get_args(tp) if t is not type(None)] if get_origin(tp) in (
             Union, types.UnionType) else [tp]

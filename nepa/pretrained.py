@@ -20,7 +20,8 @@ def read_weights(path: str | Path, *, ema: bool | None = None) -> tuple[ModelCon
     """
     path = Path(path)
     if not path.exists():
-        raise checkpoint.CheckpointError(f"{path} does not exist; give a nepa checkpoint, a run directory or a release directory")
+        raise checkpoint.CheckpointError(
+            f"{path} does not exist; give a nepa checkpoint, a run directory or a release directory")
     if path.is_file() and path.name == EMA_FILE:
         return read_release(path.parent, ema=True)
     if is_release_dir(path):

@@ -6,34 +6,18 @@ validated strictly, and derived values (world size, accumulation, lr, steps) are
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict
+from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict, unknown_key
 from nepactl.cluster import ClusterConfig
 
 TEMPLATES = Path(os.environ.get("NEPA_TEMPLATES", Path(__file__).resolve().parents[1] / "templates"))
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Document:
-    """The shape of every template layer: the run config's sections plus `cluster`."""
-
-    name: str | None = None
-    model: dict = field(default_factory=dict)
-    objective: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    optim: dict = field(default_factory=dict)
-    ema: dict = field(default_factory=dict)
-    checkpoint: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    cluster: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,16 +50,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _check_layer(data: dict, source: str) -> None:
+    """Unknown keys of one layer, named with the layer's file (sections: RunConfig + cluster)."""
     from typing import get_type_hints
 
     from nepa.runconfig import RunConfig
 
-    check_keys(_Document, data, source=source)
-    sections = get_type_hints(RunConfig)
+    sections = {**get_type_hints(RunConfig), "cluster": ClusterConfig}
     for section, value in data.items():
-        if section == "cluster":
-            check_keys(ClusterConfig, value, path="cluster", source=source)
-        elif isinstance(value, dict):
+        if section not in sections:
+            raise unknown_key(section, section, sections, source)
+        if isinstance(value, dict):
             check_keys(sections[section], value, path=section, source=source)
 
 

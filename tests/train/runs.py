@@ -13,6 +13,7 @@ import torch
 from nepa.data import DataConfig
 from nepa.model import model_config
 from nepa.runconfig import RunConfig, write_run_config
+from nepa.train import Callback
 from nepa.train.config import CheckpointConfig, EMAConfig, OptimConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,3 +61,14 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
     path, payload = checkpoint.load_newest_valid(run_dir)
     return {"model": payload["model"], "ema": payload["ema"], "step": payload["step"]}
+
+
+class StopAt(Callback):
+    """Request a stop (as a signal handler would) once step `step` is done."""
+
+    def __init__(self, step: int, reason: str = "test"):
+        self.step, self.reason = step, reason
+
+    def on_step_end(self, trainer, record):
+        if record["step"] == self.step:
+            trainer.request_stop(self.reason)

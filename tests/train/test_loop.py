@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from nepa.runconfig import load_run_config, write_run_config
 from nepa.train import RunStatus, Trainer
 from nepa.train.metrics import read_metrics
-from tests.train.runs import final_weights, launch, make_run, subprocess_env, tiny_config
+from tests.train.runs import StopAt, final_weights, launch, make_run, subprocess_env, tiny_config
 
 
 def _wait_for_step(run_dir, step, proc, timeout=120):
@@ -75,16 +75,7 @@ def test_stop_request_saves_at_the_next_step_and_resumes(tmp_path):
     run = make_run(tmp_path / "run")
     cfg = load_run_config(run)
 
-    class StopAtThree:
-        def on_start(self, trainer): ...
-        def on_checkpoint(self, trainer, step, path): ...
-        def on_end(self, trainer, result): ...
-
-        def on_step_end(self, trainer, record):
-            if record["step"] == 3:
-                trainer.request_stop("SIGUSR2")
-
-    result = Trainer(cfg, run, callbacks=[StopAtThree()]).fit()
+    result = Trainer(cfg, run, callbacks=[StopAt(3, "SIGUSR2")]).fit()
     assert result.status is RunStatus.STOPPED and result.step == 3
     assert result.checkpoint.name == "step_00000003.pt" and result.save_seconds >= 0
     assert json.loads((run / "outcome.json").read_text())["status"] == "STOPPED"
@@ -211,16 +202,7 @@ def test_training_on_webdataset_shards_stops_and_resumes(tmp_path):
                    data={"source": "wds", "path": str(shards), "num_workers": 0})
     cfg = load_run_config(run)
 
-    class StopAtTwo:
-        def on_start(self, trainer): ...
-        def on_checkpoint(self, trainer, step, path): ...
-        def on_end(self, trainer, result): ...
-
-        def on_step_end(self, trainer, record):
-            if record["step"] == 2:
-                trainer.request_stop("test")
-
-    assert Trainer(cfg, run, callbacks=[StopAtTwo()]).fit().status is RunStatus.STOPPED
+    assert Trainer(cfg, run, callbacks=[StopAt(2)]).fit().status is RunStatus.STOPPED
     result = Trainer(cfg, run).fit()
     assert result.status is RunStatus.COMPLETED and result.step == 6
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]

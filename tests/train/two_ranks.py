@@ -10,17 +10,9 @@ import sys
 from pathlib import Path
 
 from nepa.runconfig import load_run_config
-from nepa.train import Callback, Trainer
+from nepa.train import Trainer
+from tests.train.runs import StopAt
 from tests.train.test_loop import LoggedIds
-
-
-class StopAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer, record):
-        if record["step"] == self.step:
-            trainer.request_stop("test")
 
 
 def main() -> None:
