@@ -68,8 +68,8 @@ def main() -> None:
     gib = nbytes / 2**30
     mo, md = statistics.median(ours), statistics.median(dd)
     print(f"size {args.size}: checkpoint {gib:.2f} GiB, {args.repeats} repeats, cores {os.cpu_count()}")
-    print(f"| writer | median s | min-max s | GiB/s |")
-    print(f"|---|---|---|---|")
+    print("| writer | median s | min-max s | GiB/s |")
+    print("|---|---|---|---|")
     print(f"| nepa checkpoint (atomic, fsync) | {mo:.2f} | {min(ours):.2f}-{max(ours):.2f} | {gib / mo:.2f} |")
     print(f"| dd conv=fsync (same bytes) | {md:.2f} | {min(dd):.2f}-{max(dd):.2f} | {gib / md:.2f} |")
     print(f"ratio (checkpoint speed / dd speed): {md / mo:.2f}  (target >= 0.5)")
