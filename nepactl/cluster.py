@@ -34,6 +34,14 @@ class ClusterConfig:
     python: str | None = None  # interpreter on the compute nodes (default: this one)
 
     def __post_init__(self) -> None:
+        # Values become #SBATCH lines: a line break would smuggle in shell commands.
+        for name in ("partition", "account", "qos", "constraint", "python"):
+            value = getattr(self, name)
+            check(value is None or value.isprintable(), f"cluster.{name}",
+                  "must be one printable line (no line breaks or control characters)")
+        for key, value in self.sbatch_extra.items():
+            check(str(key).isprintable() and str(value).isprintable(), f"cluster.sbatch_extra.{key}",
+                  "must be one printable line (no line breaks or control characters)")
         check(self.tasks_per_node >= 1, "cluster.tasks_per_node", "must be >= 1")
         check(self.gpus_per_node >= 0, "cluster.gpus_per_node", "must be >= 0")
         check(self.gpus_per_node in (0, self.tasks_per_node), "cluster.tasks_per_node",

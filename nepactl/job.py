@@ -28,6 +28,7 @@ from nepactl import runs
 
 log = logging.getLogger("nepactl.job")
 WARNING_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM for (--signal=USR2@delay)
+EXIT_TOO_MANY_REQUEUES = 4
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -74,6 +75,12 @@ class TrainJob(submitit.helpers.Checkpointable):
             if env.global_rank == 0:
                 runs.append_ledger(run_dir, "requeue", job_id=str(env.job_id), cause=cause,
                                    step=result.step, save_seconds=result.save_seconds)
+                over = requeue_limit_reached(run_dir, cause)
+                if over:
+                    runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status="FAILED",
+                                       step=result.step, exit_code=EXIT_TOO_MANY_REQUEUES, reason=over)
+                    log.error("not requeued: %s (the checkpoint is kept; nepactl resume continues)", over)
+                    sys.exit(EXIT_TOO_MANY_REQUEUES)
             if received and env.global_rank == 0:
                 if submitit_handler is None:
                     raise RuntimeError("submitit's signal handler is missing: cannot requeue")
@@ -92,6 +99,18 @@ class TrainJob(submitit.helpers.Checkpointable):
             log.error("run ended %s at step %d", result.status.value, result.step)
             sys.exit(EXIT_CODES[result.status])
         return outcome
+
+
+def requeue_limit_reached(run_dir: Path, cause: str) -> str | None:
+    """A reason when this run was requeued for `cause` more often than its profile allows."""
+    import yaml
+
+    cluster = yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {}
+    limit = cluster.get("max_preemptions" if cause == "preemption" else "max_timeouts", 3)
+    count = sum(1 for e in runs.read_ledger(run_dir) if e["event"] == "requeue" and e.get("cause") == cause)
+    if count > limit:
+        return f"{count} {cause}s exceed cluster.max_{cause}s={limit}"
+    return None
 
 
 def classify_stop(signum: int | None, handler: Any) -> str:

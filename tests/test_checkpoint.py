@@ -72,3 +72,31 @@ def test_no_loadable_checkpoint_fails_loudly(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint of .* loads"):
         checkpoint.load_newest_valid(tmp_path)
     assert checkpoint.load_newest_valid(tmp_path / "empty") is None
+
+
+def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    directory = tmp_path / "checkpoints"
+    good = checkpoint.save(directory / "step_00000001.pt", {"step": 1, "w": torch.ones(4)})
+    checkpoint.write_pointer(directory, good.name)
+    # A writer that is slow enough (~0.5 GiB) to be killed in the middle of torch.save.
+    code = (
+        "import sys, torch; from pathlib import Path; from nepa import checkpoint\n"
+        "d = Path(sys.argv[1]); print('writing', flush=True)\n"
+        "p = checkpoint.save(d / 'step_00000002.pt', {'step': 2, 'w': torch.zeros(128, 2**20)})\n"
+        "checkpoint.write_pointer(d, p.name)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    deadline = time.time() + 60
+    while not list(directory.glob(".step_00000002.pt.*")) and time.time() < deadline:
+        time.sleep(0.005)  # wait until the temporary file exists: the write is under way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (directory / "step_00000002.pt").exists()  # never under the final name
+    path, payload = checkpoint.load_newest_valid(tmp_path)
+    assert path == good and payload["step"] == 1

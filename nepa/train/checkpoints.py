@@ -32,6 +32,8 @@ class CheckpointManager:
     def save(self, step: int, payload: dict[str, Any]) -> Path:
         """Write atomically, update `latest`, apply retention. Rank 0 only."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(".step_*.tmp"):  # left by a writer killed mid-write
+            stale.unlink(missing_ok=True)
         self._check_free_space()
         path = checkpoint.save(self.dir / self.name(step), payload)
         checkpoint.write_pointer(self.dir, path.name)

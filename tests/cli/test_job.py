@@ -50,3 +50,35 @@ def test_warning_signal_saves_requeues_and_resumes_through_the_local_executor(tm
     ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
     assert [e["event"] for e in ledger] == ["start", "requeue", "start", "end"]
     assert ledger[1]["cause"] == "preemption" and ledger[3]["status"] == "COMPLETED"
+
+
+def test_requeue_limits_count_preemptions_and_timeouts_separately(tmp_path):
+    import yaml
+
+    from nepactl import runs
+    from nepactl.job import requeue_limit_reached
+
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({"max_preemptions": 2, "max_timeouts": 1}))
+    for cause in ("preemption", "preemption", "timeout"):
+        runs.append_ledger(tmp_path, "requeue", cause=cause)
+    assert requeue_limit_reached(tmp_path, "preemption") is None
+    assert requeue_limit_reached(tmp_path, "timeout") is None
+    runs.append_ledger(tmp_path, "requeue", cause="preemption")
+    assert requeue_limit_reached(tmp_path, "preemption") == "3 preemptions exceed cluster.max_preemptions=2"
+    runs.append_ledger(tmp_path, "requeue", cause="timeout")
+    assert "2 timeouts exceed" in requeue_limit_reached(tmp_path, "timeout")
+
+
+def test_stop_cause_comes_from_slurm_time_left(monkeypatch):
+    import subprocess as sp
+
+    from nepactl import job
+
+    assert job._parse_slurm_duration("1-02:03:04") == 93784
+    assert job._parse_slurm_duration("05:00") == 300 and job._parse_slurm_duration("UNLIMITED") is None
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setattr(sp, "run", lambda *a, **k: sp.CompletedProcess(a, 0, stdout="00:01:30\n"))
+    assert job.classify_stop(signal.SIGUSR2, None) == "timeout"
+    monkeypatch.setattr(sp, "run", lambda *a, **k: sp.CompletedProcess(a, 0, stdout="3:10:00\n"))
+    assert job.classify_stop(signal.SIGUSR2, None) == "preemption"
+    assert job.classify_stop(signal.SIGTERM, None) == "preemption"
