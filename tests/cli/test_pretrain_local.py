@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import psutil
@@ -88,3 +89,36 @@ def test_missing_data_path_fails_before_anything_is_created(tmp_path):
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "nope" in result.output
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_editing_the_source_after_submit_changes_nothing_the_job_runs(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "checkout"  # the user's working copy, edited while the job is queued
+    for package in ("nepa", "nepactl", "templates"):
+        shutil.copytree(repo / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(checkout),
+           "NEPA_TEMPLATES": str(checkout / "templates")}
+    root = tmp_path / "runs"
+    cli = [sys.executable, "-m", "nepactl"]
+    done = subprocess.run([*cli, "pretrain", *TINY, "--name", "snap", "--set", "train.max_steps=60",
+                           "--set", "checkpoint.every_steps=5", "--runs-root", str(root)],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    loop = checkout / "nepa" / "train" / "loop.py"
+    loop.write_text("raise RuntimeError('edited after submit')\n" + loop.read_text())
+    _wait(root, "snap", lambda r: r["state"] == "RUNNING" and r["step"] >= 6)
+    subprocess.run([*cli, "cancel", "snap", "--runs-root", str(root)], env=env, check=True, timeout=60)
+    done = subprocess.run([*cli, "resume", "snap", "--runs-root", str(root)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    row, _ = _wait(root, "snap", lambda r: r["state"] in ("COMPLETED", "FAILED"), timeout=300)
+    assert row["state"] == "COMPLETED" and row["step"] == 60
+    attempts = sorted((root / "snap" / "attempts").glob("attempt-*.json"))
+    assert len(attempts) == 2
+    assert all(json.loads(a.read_text())["code"] == str((root / "snap" / "code").resolve()) for a in attempts)
