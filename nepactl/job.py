@@ -81,7 +81,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                                        step=result.step, exit_code=EXIT_TOO_MANY_REQUEUES, reason=over)
                     log.error("not requeued: %s (the checkpoint is kept; nepactl resume continues)", over)
                     sys.exit(EXIT_TOO_MANY_REQUEUES)
-            if received and env.global_rank == 0:
+            if env.global_rank == 0:  # also when only another rank got the signal
                 if submitit_handler is None:
                     raise RuntimeError("submitit's signal handler is missing: cannot requeue")
                 # Both paths requeue now: a preempted job that just exits would be COMPLETED
@@ -105,8 +105,12 @@ def requeue_limit_reached(run_dir: Path, cause: str) -> str | None:
     """A reason when this run was requeued for `cause` more often than its profile allows."""
     import yaml
 
-    cluster = yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {}
-    limit = cluster.get("max_preemptions" if cause == "preemption" else "max_timeouts", 3)
+    from nepactl.cluster import ClusterConfig
+
+    path = run_dir / "cluster.yaml"  # absent for run directories made without nepactl
+    cluster = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    field = "max_preemptions" if cause == "preemption" else "max_timeouts"
+    limit = cluster.get(field, getattr(ClusterConfig(), field))
     count = sum(1 for e in runs.read_ledger(run_dir) if e["event"] == "requeue" and e.get("cause") == cause)
     if count > limit:
         return f"{count} {cause}s exceed cluster.max_{cause}s={limit}"
