@@ -72,6 +72,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                    "reason": result.stop_reason, "save_seconds": result.save_seconds}
         if result.status is RunStatus.STOPPED:
             cause = classify_stop(received[0] if received else None, submitit_handler)
+            if env.global_rank == 0 and was_cancelled(run_dir):
+                # scancel sends SIGTERM too: saved, but a cancelled job must not come back.
+                runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status="CANCELLED",
+                                   step=result.step, exit_code=0)
+                log.info("cancelled: saved at step %d, not requeued", result.step)
+                return outcome
             if env.global_rank == 0:
                 runs.append_ledger(run_dir, "requeue", job_id=str(env.job_id), cause=cause,
                                    step=result.step, save_seconds=result.save_seconds)
@@ -99,6 +105,23 @@ class TrainJob(submitit.helpers.Checkpointable):
             log.error("run ended %s at step %d", result.status.value, result.step)
             sys.exit(EXIT_CODES[result.status])
         return outcome
+
+
+def was_cancelled(run_dir: Path) -> bool:
+    """Cancelled by `nepactl cancel` (ledger, written before scancel) or by a plain scancel."""
+    events = [e["event"] for e in runs.read_ledger(run_dir)]
+    last_submit = max((i for i, e in enumerate(events) if e == "submit"), default=-1)
+    if "cancel" in events[last_submit + 1:]:
+        return True
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "JobState=CANCELLED" in out
 
 
 def requeue_limit_reached(run_dir: Path, cause: str) -> str | None:

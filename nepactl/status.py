@@ -133,8 +133,8 @@ def run_state(ledger: list[dict], outcome: dict | None, scheduler_state: str | N
               executor: str, alive: bool, heartbeat_age: float | None) -> str:
     """One of PENDING, RUNNING, REQUEUED, STALLED, DIVERGED, FAILED, CANCELLED, COMPLETED."""
     events = [e["event"] for e in ledger]
-    last_submit = max((i for i, e in enumerate(events) if e in ("submit", "requeue")), default=-1)
-    if "cancel" in events[last_submit + 1:] or (events and events[-1] == "cancel"):
+    last_submit = max((i for i, e in enumerate(events) if e == "submit"), default=-1)
+    if "cancel" in events[last_submit + 1:]:  # final until a new submit (nepactl resume)
         return "CANCELLED"
     if scheduler_state:
         state = scheduler_state.upper()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import sys
@@ -86,7 +87,9 @@ def submit_job(run_dir: Path, *, attempt_cause: str) -> Submission:
     try:
         if kind == "local":  # the controller inherits the cwd; see cluster.slurm_parameters
             os.chdir(run_dir)
-        with _quiet_children() if kind == "local" else contextlib.nullcontext():
+        # submitit prints sbatch's stderr before raising; the error below says it in one line.
+        quiet = _quiet_children() if kind == "local" else contextlib.redirect_stderr(io.StringIO())
+        with quiet:
             job = executor.submit(TrainJob(run_dir.resolve()))
     except Exception as exc:
         message = str(exc).strip().splitlines()

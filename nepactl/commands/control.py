@@ -115,6 +115,8 @@ def cancel(run: RunName, runs_root: RunsRoot = None) -> None:
     jobs = _job_ids(run_dir)
     if not jobs:
         raise CliError(f"'{run}' has no submitted job to cancel")
+    # Recorded first: a job saving on scancel's SIGTERM reads it and does not requeue itself.
+    append_ledger(run_dir, "cancel", job_ids=[job for job, _ in jobs])
     slurm = [job for job, kind in jobs if kind == "slurm"]
     if slurm:
         done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=30)
@@ -123,7 +125,6 @@ def cancel(run: RunName, runs_root: RunsRoot = None) -> None:
     for job, kind in jobs:
         if kind == "local":
             _cancel_local(job)
-    append_ledger(run_dir, "cancel", job_ids=[job for job, _ in jobs])
     console.out.print(f"cancelled {run}: jobs {', '.join(job for job, _ in jobs)}")
 
 
