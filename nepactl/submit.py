@@ -102,6 +102,8 @@ def submit_job(run_dir: Path, *, attempt_cause: str) -> Submission:
         else:
             os.environ["PYTHONPATH"] = previous
     runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=kind, cause=attempt_cause)
+    if kind == "debug":  # submitit's debug executor runs the job in this process, on demand
+        job.result()
     return Submission(run_dir, str(job.job_id), kind)
 
 

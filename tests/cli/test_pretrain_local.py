@@ -122,3 +122,14 @@ def test_editing_the_source_after_submit_changes_nothing_the_job_runs(tmp_path):
     attempts = sorted((root / "snap" / "attempts").glob("attempt-*.json"))
     assert len(attempts) == 2
     assert all(json.loads(a.read_text())["code"] == str((root / "snap" / "code").resolve()) for a in attempts)
+
+
+def test_debug_profile_runs_in_process(tmp_path):
+    root = tmp_path / "runs"
+    result = runner.invoke(app, ["pretrain", "--size", "tiny", "--cluster", "debug", "--name", "dbg",
+                                 "--set", "model.depth=1", "--set", "train.global_batch=32",
+                                 "--set", "train.micro_batch=32", "--set", "train.max_steps=3",
+                                 "--runs-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((root / "dbg" / "outcome.json").read_text())["status"] == "COMPLETED"
+    assert _status(root, "dbg")["state"] == "COMPLETED"
