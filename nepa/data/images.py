@@ -6,6 +6,7 @@ engine can log how many images each step skipped.
 
 from __future__ import annotations
 
+import abc
 import io
 import logging
 import os
@@ -54,7 +55,7 @@ def keep_encoded(data: bytes, where: str) -> tuple[bytes, str] | None:
     return buffer.getvalue(), "png"
 
 
-class ImageDataset(Dataset):
+class ImageDataset(Dataset, abc.ABC):
     """Items `{"image", "label", "index"}` (or None when the image is unreadable).
 
     Subclasses provide `classes`, `labels` (one int per item) and `load(index)`; `where(index)`
@@ -67,8 +68,9 @@ class ImageDataset(Dataset):
     def __init__(self, transform: Callable | None):
         self.transform = transform
 
+    @abc.abstractmethod
     def load(self, index: int) -> Image.Image | None:
-        raise NotImplementedError
+        """The decoded image, or None when it cannot be read (every source implements this)."""
 
     def where(self, index: int) -> str:
         return f"#{index}"
