@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nepactl.commands import control, convert, data, demo, doctor, pretrain, status
+from nepactl.commands import control, convert, data, demo, doctor, evaluate, pretrain, status, viz
 
 app = typer.Typer(
     name="nepactl",
@@ -23,6 +23,8 @@ def root() -> None:
 
 app.command("pretrain")(pretrain.pretrain)
 app.command("render")(pretrain.render)
+app.command("eval")(evaluate.evaluate)
+app.command("results")(evaluate.results)
 app.command("status")(status.status)
 app.command("runs")(status.runs)
 app.command("logs")(control.logs)
@@ -32,6 +34,7 @@ app.command("doctor")(doctor.doctor)
 app.command("convert")(convert.convert)
 app.add_typer(data.app, name="data")
 app.command("demo")(demo.demo)
+app.command("viz")(viz.viz)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ the local executor (the same render -> submit path as `nepactl pretrain`), then 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -65,29 +66,52 @@ def pretrain_demo(root: Path, *, steps: int | None, fresh: bool) -> Path:
     return run_dir
 
 
-def evaluate_demo(run_dir: Path) -> list[dict]:
-    """Linear probe of the EMA weights and of the same architecture at random init."""
-    import torch
+DEMO_TASKS = ("linprobe", "finetune", "ade20k")
+PROBE_SEEDS = (0, 1, 2)
 
-    from nepa import data as nepa_data
-    from nepa.evals.linprobe import LinProbeConfig, linear_probe
-    from nepa.model import NepaViT
-    from nepa.runconfig import load_run_config
 
-    cfg = load_run_config(run_dir)
-    transform = nepa_data.eval_transform(cfg.data.image_size, crop_pct=1.0)
-    train = nepa_data.build_dataset(cfg.data, "train", transform)
-    val = nepa_data.build_dataset(cfg.data, "val", transform)
-    probe_cfg = LinProbeConfig(blocks=(cfg.model.depth // 2 - 1,))
-    torch.manual_seed(cfg.train.seed)
-    from nepa.pretrained import load_pretrained
+def evaluate_demo(run_dir: Path) -> None:
+    """The demo's evaluations, one local job after the other (the same path as nepactl eval).
 
-    models = {"NEPA (EMA)": load_pretrained(run_dir), "random init": NepaViT(cfg.model).eval()}
-    rows = []
-    with console.err.status("linear probe: features, lr chosen on held-out train, scored on val"):
-        for name, model in models.items():
-            for result in linear_probe(model, train, val, probe_cfg):
-                rows.append({"weights": name, "feature": result.feature,
-                             "val top-1 %": result.top1, "held-out top-1 %": result.holdout_top1,
-                             "probe lr": result.lr})
-    return rows
+    Linear probe over 3 seeds, fine-tuning and ADE20K-layout segmentation, each for the
+    pretrained EMA weights and for the same architecture at random initialisation.
+    Evaluations already done are skipped, so a re-run only prints the table.
+    """
+    from nepactl.evaluate import plan_evals, submit_evals
+
+    root = run_dir.parent
+    for task in DEMO_TASKS:
+        seeds = PROBE_SEEDS if task == "linprobe" else (0,)
+        plan = plan_evals(run=run_dir.name, weights=None, root=root, tasks=(task,), step=None,
+                          seeds=seeds, random_init=True, cluster="local")
+        for planned in plan.evals:
+            if planned.action.startswith("skip"):
+                continue
+            single = replace(plan, evals=(planned,))
+            ((_, job_id),) = submit_evals(single)
+            _follow_eval(plan.target / "evals" / planned.name, job_id, planned.name)
+
+
+def _follow_eval(eval_dir: Path, job_id: str, label: str) -> None:
+    from nepactl.status import _local_alive
+
+    columns = (TextColumn(f"{label:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console.err) as progress:
+        bar = progress.add_task(label, total=None, note="")
+        while True:
+            record = runs.read_json(eval_dir / "progress.json") or {}
+            if record.get("total"):
+                note = f"loss {record['loss']:.3f}" if isinstance(record.get("loss"), float) else ""
+                progress.update(bar, completed=record.get("step", 0), total=record["total"], note=note)
+            outcome = runs.read_json(eval_dir / "outcome.json") or {}
+            if outcome.get("status") in ("COMPLETED", "FAILED"):
+                break
+            if not _local_alive(job_id):
+                time.sleep(1.0)
+                outcome = runs.read_json(eval_dir / "outcome.json") or {}
+                break
+            time.sleep(0.5)
+    if outcome.get("status") != "COMPLETED":
+        reason = outcome.get("error", "the job ended without a result")
+        raise CliError(f"demo evaluation {label} failed: {reason}; see the logs in {eval_dir / 'submitit'}")

@@ -31,6 +31,63 @@ WARNING_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM for (--signal=USR2@d
 EXIT_TOO_MANY_REQUEUES = 4
 
 
+def _start_attempt(run_dir: Path) -> submitit.JobEnvironment:
+    """Logging, torch.distributed variables, the attempt marker and (rank 0) its record."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True)
+    marker = (f"=== nepactl attempt start (job {env.job_id}, rank {env.global_rank}, "
+              f"pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}) ===")
+    print(marker, flush=True)
+    print(marker, file=sys.stderr, flush=True)
+    if env.global_rank == 0:
+        capture_attempt(run_dir, str(env.job_id))
+    return env
+
+
+def _install_stop_handlers(request_stop) -> list[int]:
+    """Our handlers replace submitit's: they only ask the work to stop at its next step."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        request_stop(signal.Signals(signum).name)
+
+    signal.signal(WARNING_SIGNAL, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return received
+
+
+def _after_stop(run_dir: Path, env: Any, received: list[int], submitit_handler: Any, *,
+                step: int, reason: str | None, save_seconds: float | None) -> None:
+    """Everything is saved: record why, then requeue (rank 0) unless cancelled or over the limit."""
+    cause = classify_stop(received[0] if received else None, submitit_handler)
+    if env.global_rank == 0 and was_cancelled(run_dir):
+        # scancel sends SIGTERM too: saved, but a cancelled job must not come back.
+        runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status="CANCELLED",
+                           step=step, exit_code=0)
+        log.info("cancelled: saved at step %d, not requeued", step)
+        return
+    if env.global_rank == 0:
+        runs.append_ledger(run_dir, "requeue", job_id=str(env.job_id), cause=cause,
+                           step=step, save_seconds=save_seconds)
+        over = requeue_limit_reached(run_dir, cause)
+        if over:
+            runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status="FAILED",
+                               step=step, exit_code=EXIT_TOO_MANY_REQUEUES, reason=over)
+            log.error("not requeued: %s (the checkpoint is kept; nepactl resume continues)", over)
+            sys.exit(EXIT_TOO_MANY_REQUEUES)
+        if submitit_handler is None:
+            raise RuntimeError("submitit's signal handler is missing: cannot requeue")
+        # Both paths requeue now: a preempted job that just exits would be COMPLETED for
+        # SLURM (it requeues only jobs still running at the end of GraceTime). submitit
+        # pickles our stateless job, requeues (scontrol requeue / local restart) and exits.
+        submitit_handler.checkpoint_and_try_requeue(WARNING_SIGNAL)
+    log.info("stopped at step %d (%s, %s); exiting for the requeue", step, reason, cause)
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Pretrain (or resume) the run stored in `run_dir`."""
 
@@ -45,58 +102,22 @@ class TrainJob(submitit.helpers.Checkpointable):
         from nepa.runconfig import load_run_config
         from nepa.train import EXIT_CODES, RunStatus, Trainer
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            submitit.helpers.TorchDistributedEnvironment().export(
-                set_cuda_visible_devices=False, overwrite=True)
         run_dir = Path(self.run_dir)
-        marker = (f"=== nepactl attempt start (job {env.job_id}, rank {env.global_rank}, "
-                  f"pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}) ===")
-        print(marker, flush=True)
-        print(marker, file=sys.stderr, flush=True)
-        if env.global_rank == 0:
-            capture_attempt(run_dir, str(env.job_id))
+        env = _start_attempt(run_dir)
         submitit_handler = _submitit_handler()
         trainer = Trainer(load_run_config(run_dir), run_dir)
-        received: list[int] = []
-
-        def on_signal(signum: int, frame: Any) -> None:
-            received.append(signum)
-            trainer.request_stop(signal.Signals(signum).name)
-
-        signal.signal(WARNING_SIGNAL, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        received = _install_stop_handlers(trainer.request_stop)
         result = trainer.fit()
+        # The run is saved or finished: a warning signal or SIGTERM arriving from here on has
+        # nothing left to stop. Ignore them (SIG_IGN survives interpreter shutdown, which
+        # resets Python handlers to the default action: a late USR2 would then kill the
+        # finished process and SLURM would record the completed run as FAILED).
+        _ignore_stop_signals()
         outcome = {"status": result.status.value, "step": result.step, "rank": env.global_rank,
                    "reason": result.stop_reason, "save_seconds": result.save_seconds}
         if result.status is RunStatus.STOPPED:
-            cause = classify_stop(received[0] if received else None, submitit_handler)
-            if env.global_rank == 0 and was_cancelled(run_dir):
-                # scancel sends SIGTERM too: saved, but a cancelled job must not come back.
-                runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status="CANCELLED",
-                                   step=result.step, exit_code=0)
-                log.info("cancelled: saved at step %d, not requeued", result.step)
-                return outcome
-            if env.global_rank == 0:
-                runs.append_ledger(run_dir, "requeue", job_id=str(env.job_id), cause=cause,
-                                   step=result.step, save_seconds=result.save_seconds)
-                over = requeue_limit_reached(run_dir, cause)
-                if over:
-                    runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status="FAILED",
-                                       step=result.step, exit_code=EXIT_TOO_MANY_REQUEUES, reason=over)
-                    log.error("not requeued: %s (the checkpoint is kept; nepactl resume continues)", over)
-                    sys.exit(EXIT_TOO_MANY_REQUEUES)
-            if env.global_rank == 0:  # also when only another rank got the signal
-                if submitit_handler is None:
-                    raise RuntimeError("submitit's signal handler is missing: cannot requeue")
-                # Both paths requeue now: a preempted job that just exits would be COMPLETED
-                # for SLURM (it requeues only jobs still running at the end of GraceTime).
-                # submitit pickles our stateless job, requeues (scontrol requeue / local
-                # restart) and exits the process.
-                submitit_handler.checkpoint_and_try_requeue(WARNING_SIGNAL)
-            log.info("stopped at step %d (%s, %s); exiting for the requeue", result.step,
-                     result.stop_reason, cause)
+            _after_stop(run_dir, env, received, submitit_handler, step=result.step,
+                        reason=result.stop_reason, save_seconds=result.save_seconds)
             return outcome
         if env.global_rank == 0:
             runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status=result.status.value,
@@ -105,6 +126,82 @@ class TrainJob(submitit.helpers.Checkpointable):
             log.error("run ended %s at step %d", result.status.value, result.step)
             sys.exit(EXIT_CODES[result.status])
         return outcome
+
+
+class EvalJob(submitit.helpers.Checkpointable):
+    """Run (or resume) the evaluation stored in `eval_dir` (see nepactl.evaluate)."""
+
+    def __init__(self, eval_dir: str | Path):
+        self.eval_dir = str(eval_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(EvalJob(self.eval_dir))
+
+    def __call__(self) -> dict[str, Any]:
+        from nepa.evals.common import EvalControl
+        from nepa.evals.runner import run_eval
+        from nepa.evals.spec import load_spec
+
+        eval_dir = Path(self.eval_dir)
+        env = _start_attempt(eval_dir)
+        submitit_handler = _submitit_handler()
+        spec = load_spec(eval_dir)
+        control = EvalControl(progress=_ProgressFile(eval_dir / PROGRESS_FILE))
+        received = _install_stop_handlers(control.request_stop)
+        started = time.time()
+        try:
+            outcome, weights = run_eval(spec, eval_dir, control)
+        except BaseException as exc:
+            if not isinstance(exc, SystemExit):
+                runs.write_json(eval_dir / "outcome.json", {"status": "FAILED", "error": str(exc)[:2000]})
+                runs.append_ledger(eval_dir, "end", job_id=str(env.job_id), status="FAILED",
+                                   exit_code=1, reason=str(exc)[:500])
+            raise
+        _ignore_stop_signals()
+        record = {"status": outcome.status, "step": outcome.step, "total_steps": outcome.total_steps}
+        if outcome.status == "STOPPED":
+            runs.write_json(eval_dir / "outcome.json", record)
+            _after_stop(eval_dir, env, received, submitit_handler, step=outcome.step,
+                        reason=control.stop_reason, save_seconds=None)
+            return record
+        if env.global_rank == 0:
+            write_eval_result(eval_dir, spec, outcome, weights, seconds=time.time() - started)
+            runs.write_json(eval_dir / "outcome.json", record)
+            runs.append_ledger(eval_dir, "end", job_id=str(env.job_id), status="COMPLETED",
+                               step=outcome.step, exit_code=0)
+        return record
+
+
+PROGRESS_FILE = "progress.json"
+
+
+class _ProgressFile:
+    """Writes the newest progress record at most once a second (status reads it)."""
+
+    def __init__(self, path: Path):
+        self.path, self.last = path, 0.0
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        now = time.time()
+        if now - self.last >= 1.0 or record.get("step") == record.get("total"):
+            self.last = now
+            runs.write_json(self.path, {**record, "time": now})
+
+
+def write_eval_result(eval_dir: Path, spec: Any, outcome: Any, weights: Any, *, seconds: float) -> Path:
+    """result.json of a finished evaluation (schema in nepa.evals.results)."""
+    from dataclasses import asdict
+
+    from nepa.evals.results import RESULT_FILE, make_result, write_result
+
+    info = runs.read_json(eval_dir / runs.RUN_INFO) or {}
+    metrics = [{"metric": m.name, "value": float(m.value), "weights": m.weights, "split": m.split,
+                "detail": m.detail} for m in outcome.metrics]
+    doc = make_result(run=info.get("run", eval_dir.parent.parent.name), task=spec.task, seed=spec.seed,
+                      protocol=spec.protocol, checkpoint=asdict(weights), metrics=metrics,
+                      curves=outcome.curves, extra={"size": info.get("size"), "seconds": seconds,
+                                                    "steps": outcome.step})
+    return write_result(eval_dir / RESULT_FILE, doc)
 
 
 def was_cancelled(run_dir: Path) -> bool:
@@ -199,6 +296,11 @@ def capture_attempt(run_dir: Path, job_id: str) -> None:
         "code": str(Path(__file__).resolve().parents[1]),  # the snapshot this attempt runs
     })
     runs.append_ledger(run_dir, "start", job_id=job_id, attempt=number)
+
+
+def _ignore_stop_signals() -> None:
+    for signum in (WARNING_SIGNAL, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _submitit_handler():

@@ -8,7 +8,6 @@ but for one hint). Local jobs are checked through their controller process.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -116,16 +115,25 @@ def _checkpoint_age(run_dir: Path) -> float | None:
 
 
 def _eval_cells(run_dir: Path) -> str:
+    """One short cell per evaluation, from its directory alone (no scheduler query)."""
     directory = run_dir / "evals"
     if not directory.is_dir():
         return ""
     cells = []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            result = json.loads(path.read_text())
-            cells.append(f"{result.get('task', path.stem)} {result.get('value', 0):.1f}")
-        except (OSError, json.JSONDecodeError, TypeError, ValueError):
-            cells.append(f"{path.stem} ?")
+    for eval_dir in runs.list_runs(directory):
+        result = runs.read_json(eval_dir / "result.json")
+        if result and result.get("metrics"):
+            first = result["metrics"][0]
+            cells.append(f"{eval_dir.name} {first.get('metric')} {first.get('value', 0):.1f}")
+            continue
+        outcome = runs.read_json(eval_dir / "outcome.json") or {}
+        progress = runs.read_json(eval_dir / "progress.json") or {}
+        if outcome.get("status") == "FAILED":
+            cells.append(f"{eval_dir.name} failed")
+        elif progress.get("total"):
+            cells.append(f"{eval_dir.name} {100 * progress.get('step', 0) / progress['total']:.0f}%")
+        else:
+            cells.append(f"{eval_dir.name} submitted")
     return ", ".join(cells)
 
 

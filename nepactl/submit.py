@@ -67,14 +67,24 @@ def _quiet_children():
             os.close(fd)
 
 
-def submit_job(run_dir: Path, *, attempt_cause: str) -> Submission:
-    """Submit (or resubmit) the run's job from its stored config and code snapshot."""
+def submit_job(run_dir: Path, *, attempt_cause: str, dependency: str | None = None) -> Submission:
+    """Submit (or resubmit) the run's job from its stored config and code snapshot.
+
+    A directory holding an evaluation spec (eval.yaml) runs an EvalJob, else a TrainJob.
+    `dependency` (SLURM only) makes the job wait for that job to complete successfully; it
+    is not stored, so a later resume does not wait again.
+    """
+    from dataclasses import replace
+
     from nepa.config import from_dict
     from nepactl.cluster import ClusterConfig
-    from nepactl.job import TrainJob
+    from nepactl.job import EvalJob, TrainJob
 
     cluster = from_dict(ClusterConfig, yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {},
                         path="cluster", source=str(run_dir / "cluster.yaml"))
+    if dependency and cluster.resolved_executor() == "slurm":
+        cluster = replace(cluster, sbatch_extra={**cluster.sbatch_extra, "dependency": f"afterok:{dependency}"})
+    job_class = EvalJob if (run_dir / "eval.yaml").is_file() else TrainJob
     info = runs.read_json(run_dir / runs.RUN_INFO) or {}
     run_dir = run_dir.resolve()
     code_dir = run_dir / "code"
@@ -90,7 +100,7 @@ def submit_job(run_dir: Path, *, attempt_cause: str) -> Submission:
         # submitit prints sbatch's stderr before raising; the error below says it in one line.
         quiet = _quiet_children() if kind == "local" else contextlib.redirect_stderr(io.StringIO())
         with quiet:
-            job = executor.submit(TrainJob(run_dir.resolve()))
+            job = executor.submit(job_class(run_dir.resolve()))
     except Exception as exc:
         message = str(exc).strip().splitlines()
         raise CliError(f"{kind} refused the job: {message[-1] if message else exc}; check the "

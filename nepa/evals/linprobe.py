@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nepa.config import check
+from nepa.evals.common import EvalControl, EvalOutcome, Metric
 from nepa.model import NepaViT
 
 
@@ -28,8 +29,10 @@ class LinProbeConfig:
     batch_size: int = 256  # feature extraction
     head_batch: int = 1024  # probe training on cached features
     seed: int = 0
+    crop_pct: float = 0.875  # eval transform: resize to size / crop_pct, centre crop
 
     def __post_init__(self) -> None:
+        check(0 < self.crop_pct <= 1, "linprobe.crop_pct", "must be in (0, 1]")
         check(0 < self.holdout_fraction < 1, "linprobe.holdout_fraction", "must be in (0, 1)")
         check(all(f in ("mean", "last") for f in self.features), "linprobe.features",
               "each must be 'mean' or 'last'")
@@ -143,3 +146,30 @@ def probe_table(rows: Sequence[tuple[str, list[ProbeResult]]]) -> list[dict]:
     """Flat rows (model, feature, top1, holdout, C) for tables."""
     return [{"model": m, "feature": r.feature, "top1": r.top1, "holdout_top1": r.holdout_top1,
              "lr": r.lr} for m, results in rows for r in results]
+
+
+def run_linprobe(weights: str, cfg: LinProbeConfig, data, work_dir, *, control: EvalControl,
+                 ema: bool = True, seed: int | None = None) -> EvalOutcome:
+    """The evaluation-contract entry point: one metric per feature kind, on val.
+
+    Features are cached in memory and the whole probe is short next to pretraining, so it
+    is not split into resumable steps: a stop request before it starts returns STOPPED.
+    """
+    from dataclasses import replace
+
+    from nepa.data import build_dataset, eval_transform
+    from nepa.pretrained import load_pretrained
+
+    if control.should_stop():
+        return EvalOutcome(status="STOPPED", step=0, total_steps=1)
+    cfg = replace(cfg, seed=cfg.seed if seed is None else seed)
+    model = load_pretrained(weights, ema=None if ema else False)
+    transform = eval_transform(data.image_size, crop_pct=cfg.crop_pct)
+    train, val = build_dataset(data, "train", transform), build_dataset(data, "val", transform)
+    control.report({"step": 0, "total": 1, "phase": "features"})
+    results = linear_probe(model, train, val, cfg)
+    control.report({"step": 1, "total": 1, "phase": "done"})
+    metrics = tuple(Metric("probe_top1", r.top1, weights="frozen", split="val",
+                           detail={"feature": r.feature, "lr": r.lr, "holdout_top1": r.holdout_top1})
+                    for r in results)
+    return EvalOutcome(status="COMPLETED", step=1, total_steps=1, metrics=metrics)

@@ -24,6 +24,10 @@ SURFACE = {
     "demo": ["--fresh", "--runs-root", "--steps"],
     "data pack": ["--decode", "--seed", "--shard-size", "--shuffle", "--source", "OUT", "SRC"],
     "data check": ["--decode", "--json", "--sample", "--source", "--train-split", "--val-split", "PATH"],
+    "viz": ["--heads", "--image", "--layers", "--out", "--query", "--query-grid", "--runs-root", "--weights", "RUN"],
+    "eval": ["--cluster", "--config", "--dry-run", "--name", "--random-init", "--runs-root", "--seeds", "--set",
+             "--step", "--tasks", "--weights", "RUN"],
+    "results": ["--format", "--plots", "--runs-root", "RUN"],
 }
 
 

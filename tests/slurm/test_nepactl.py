@@ -230,17 +230,28 @@ def test_time_limit_requeues_as_a_timeout_and_the_run_completes(
         slurm_cluster, monkeypatch, tmp_path):
     slurm_cluster.activate(monkeypatch)
     root = tmp_path / "runs"
-    # USR2 comes about 20 s into each 1-minute attempt; the run needs more than that
-    profile = _profile(tmp_path, time_min=1, signal_delay_s=40, max_timeouts=5)
-    job_id = _pretrain(root, "limit", profile, 200, 1000)
+    # USR2 comes about 20 s into each 1-minute attempt. How many steps fit before it depends
+    # on the CPU, so the run starts far longer than one attempt; once the time limit has
+    # requeued it, the test shortens it (every attempt reads config.yaml afresh) so that the
+    # next attempt finishes well inside its own 20 s.
+    profile = _profile(tmp_path, time_min=1, signal_delay_s=40, max_timeouts=8)
+    job_id = _pretrain(root, "limit", profile, 100_000, 1000)
     run = root / "limit"
+    first = wait_for(lambda: next(iter(_requeues(run)), None), 120,
+                     lambda: f"no requeue; log:\n{_log(run)[-3000:]}", interval=0.25)
+    total = first["step"] + 10
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["max_steps"] = total
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "max_steps": total}))
     row = _wait_completed(root, "limit", timeout=200)
-    assert row["step"] == 200
+    assert row["step"] == total
     requeues = _requeues(run)
     assert requeues and all(r["cause"] == "timeout" for r in requeues), requeues
     assert all(r["job_id"] == job_id for r in requeues)
     assert (row["preemptions"], row["timeouts"]) == (0, len(requeues))
-    _assert_each_step_once(run, 200)
+    _assert_each_step_once(run, total)
 
 
 # ------------------------------------------------------------------------------ 5. two tasks

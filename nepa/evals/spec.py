@@ -1,0 +1,69 @@
+"""One evaluation job, fully resolved: which task, which weights, which data and recipe.
+
+The CLI renders templates into an `EvalSpec` once and writes it as `eval.yaml` into the
+evaluation's directory; the job (and every requeue of it) reads only that file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from nepa.config import ConfigError, check, from_dict, to_dict
+from nepa.data.config import DataConfig
+from nepa.evals.classify import ClassifyConfig
+from nepa.evals.finetune import FinetuneConfig
+from nepa.evals.linprobe import LinProbeConfig
+from nepa.evals.segmentation.config import SegmentationConfig
+
+SPEC_FILE = "eval.yaml"
+Task = Literal["finetune", "linprobe", "ade20k", "imagenet-val"]
+TASKS: tuple[str, ...] = ("finetune", "linprobe", "ade20k", "imagenet-val")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """One (weights, task, seed) evaluation."""
+
+    task: Task = "linprobe"
+    # A nepa checkpoint file, a run directory (its newest valid checkpoint, read when the job
+    # starts) or a released HF-format directory.
+    weights: str = ""
+    # true: the architecture of `weights` at a seeded random initialisation, the baseline a
+    # pretrained model must beat (its weights are never read).
+    random_init: bool = False
+    ema: bool = True  # evaluate the EMA weights when the checkpoint holds them
+    seed: int = 0
+    # "paper": the published recipe on the published data; "demo": a small stand-in (bundled
+    # data, tiny size, shortened schedule). Results carry it so tables never mix the two.
+    protocol: Literal["paper", "demo"] = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    linprobe: LinProbeConfig = field(default_factory=LinProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.weights), "weights", "name a checkpoint, run directory or release directory")
+        check(self.seed >= 0, "seed", "must be >= 0")
+        check(not (self.random_init and self.task == "imagenet-val"), "random_init",
+              "imagenet-val evaluates given classifier weights; drop random_init")
+
+
+def load_spec(eval_dir: str | Path) -> EvalSpec:
+    path = Path(eval_dir) / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: no evaluation spec; create evaluations with nepactl eval")
+    data = yaml.safe_load(path.read_text()) or {}
+    return from_dict(EvalSpec, data, source=str(path))
+
+
+def dump_spec(spec: EvalSpec) -> str:
+    return yaml.safe_dump(to_dict(spec), sort_keys=False)
+
+
+def spec_from_dict(data: dict[str, Any], source: str | None = None) -> EvalSpec:
+    return from_dict(EvalSpec, data, source=source)

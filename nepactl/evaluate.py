@@ -1,0 +1,278 @@
+"""`nepactl eval`: plan (weights, task, seed) evaluations, render each spec, submit the new ones.
+
+Each evaluation lives in `RUN/evals/<task>-<weights>-seed<S>/`, laid out like a run
+directory (eval.yaml instead of config.yaml), and is submitted through the same path as
+pretraining (`nepactl.submit.submit_job` → `nepactl.job.EvalJob`): preemptible, requeued,
+resumed from its own checkpoints. Combinations whose result exists are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict
+from nepactl import runs
+from nepactl.cluster import ClusterConfig
+from nepactl.errors import CliError
+from nepactl.render import TEMPLATES, cluster_profile_path, parse_set, read_yaml
+
+EVALS_DIR = "evals"
+DEFAULT_TASKS = ("finetune", "linprobe", "ade20k")
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "STALLED")
+
+
+@dataclass(frozen=True)
+class PlannedEval:
+    name: str  # directory name under RUN/evals
+    spec: Any  # nepa.evals.spec.EvalSpec
+    action: str  # "submit", "resume", "skip (done)", "skip (running)"
+    dependency: str | None = None  # SLURM job id the evaluation waits for (afterok)
+    layers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    target: Path  # the run directory the evaluations belong to
+    size: str
+    cluster: ClusterConfig
+    evals: tuple[PlannedEval, ...]
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    from nepa.evals.spec import TASKS
+
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    for task in tasks:
+        if task not in TASKS:
+            raise ConfigError(f"--tasks: unknown task '{task}'{suggest(task, TASKS)}; "
+                              f"tasks: {', '.join(TASKS)}")
+    if not tasks:
+        raise ConfigError("--tasks: name at least one task, e.g. --tasks linprobe")
+    return tasks
+
+
+def size_of(model_cfg: Any) -> str:
+    """The size registry's name for a model config ('custom' when it matches none)."""
+    from nepa.model import SIZES, ModelConfig
+
+    defaults = to_dict(ModelConfig())
+    shape = ("dim", "depth", "num_heads", "mlp_dim", "patch_size")
+    mine = to_dict(model_cfg)
+    for name, overrides in SIZES.items():
+        if all({**defaults, **overrides}[k] == mine[k] for k in shape):
+            return name
+    return "custom"
+
+
+def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | None]:
+    """(weights path, label, SLURM job to wait for) of a run's checkpoint."""
+    from nepa.checkpoint import run_checkpoints
+    from nepa.train.checkpoints import CheckpointManager
+    from nepactl.status import collect
+
+    (row,), _ = collect(run_dir.parent, [run_dir.name])
+    if step is not None:
+        path = run_dir / "checkpoints" / CheckpointManager.name(step)
+        if not path.is_file():
+            have = sorted(int(p.stem.split("_")[1]) for p in run_checkpoints(run_dir))
+            raise CliError(f"'{run_dir.name}' has no checkpoint of step {step}; steps: "
+                           f"{', '.join(map(str, have)) or 'none yet'}")
+        return str(path), f"step{step}", None
+    if row.state in ACTIVE:  # evaluate what the run ends with, once it ends well
+        if (runs.read_json(run_dir / runs.RUN_INFO) or {}).get("executor") != "slurm":
+            raise CliError(f"'{run_dir.name}' is {row.state} on the {row.state and 'local'} executor; "
+                           "evaluate it when it has finished, or pick a saved --step")
+        return str(run_dir), "final", row.job_id
+    files = run_checkpoints(run_dir)
+    if not files:
+        raise CliError(f"'{run_dir.name}' has no checkpoint to evaluate (state {row.state})")
+    newest = max(int(p.stem.split("_")[1]) for p in files)
+    return str(run_dir / "checkpoints" / CheckpointManager.name(newest)), f"step{newest}", None
+
+
+def _eval_cluster(profile: str, sets: tuple[str, ...], templates: Path) -> ClusterConfig:
+    """The cluster profile for evaluation jobs: one process on one node (one GPU if any)."""
+    layer = read_yaml(cluster_profile_path(profile, templates)).get("cluster", {})
+    for assignment in sets:
+        layer = deep_merge(layer, parse_set(assignment).get("cluster", {}))
+    cluster = from_dict(ClusterConfig, layer, path="cluster")
+    return replace(cluster, tasks_per_node=1, gpus_per_node=min(cluster.gpus_per_node, 1))
+
+
+def render_spec(*, task: str, size: str, weights: str, seed: int, random_init: bool,
+                run_data: dict | None, files: tuple[Path, ...] = (), sets: tuple[str, ...] = (),
+                templates: Path = TEMPLATES) -> tuple[Any, list[str]]:
+    """defaults < the run's data < templates/evals/TASK.yaml < TASK-SIZE.yaml < files < --set."""
+    from nepa.evals.spec import EvalSpec
+
+    layers: list[tuple[str, dict]] = []
+    if run_data:
+        layers.append(("the pretraining run's data", {"data": run_data}))
+    for path in (templates / "evals" / f"{task}.yaml", templates / "evals" / f"{task}-{size}.yaml"):
+        if path.is_file():
+            layers.append((str(path), read_yaml(path)))
+    layers += [(str(p), read_yaml(Path(p))) for p in files]
+    layers += [(f"--set {a}", parse_set(a)) for a in sets if not a.startswith("cluster.")]
+    layers.append(("nepactl eval", {"task": task, "weights": weights, "seed": seed,
+                                    "random_init": random_init}))
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        layer = {k: v for k, v in layer.items() if k != "cluster"}
+        check_keys(EvalSpec, layer, source=source)
+        merged = deep_merge(merged, layer)
+    spec = from_dict(EvalSpec, merged)
+    demo = size == "tiny" or spec.data.source == "digits"
+    if task == "ade20k":
+        from nepa.evals.runner import GENERATED_ADE
+
+        root = spec.segmentation.data_root
+        demo = demo or root == GENERATED_ADE
+        if root != GENERATED_ADE and not (Path(root) / "images").is_dir():
+            raise ConfigError(f"segmentation.data_root: {root} holds no images/ directory; point it "
+                              "at ADEChallengeData2016 (or use the demo's generated:tiny-ade20k)")
+        spec = replace(spec, segmentation=replace(spec.segmentation, data_root=root if root == GENERATED_ADE
+                                                  else absolute(root)))
+    else:
+        from nepa.data import check_dataset
+
+        check_dataset(spec.data)  # a wrong path fails here, not after hours in the queue
+    if demo:
+        spec = replace(spec, protocol="demo")
+    return spec, [source for source, _ in layers]
+
+
+def eval_name(task: str, label: str, seed: int, random_init: bool) -> str:
+    return f"{task}-{'random' if random_init else label}-seed{seed}"
+
+
+def _state_of(eval_dir: Path) -> str:
+    from nepa.evals.results import RESULT_FILE
+    from nepactl.status import collect
+
+    if (eval_dir / RESULT_FILE).is_file():
+        return "done"
+    if not (eval_dir / runs.RUN_INFO).is_file():
+        return "new"
+    (row,), _ = collect(eval_dir.parent, [eval_dir.name])
+    return "running" if row.state in ACTIVE else "resume"
+
+
+def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple[str, ...],
+               step: int | None, seeds: tuple[int, ...], random_init: bool, cluster: str,
+               files: tuple[Path, ...] = (), sets: tuple[str, ...] = (), name: str | None = None,
+               templates: Path = TEMPLATES) -> EvalPlan:
+    """What `nepactl eval` would do, without creating anything."""
+    from nepa.pretrained import read_weights
+
+    if (run is None) == (weights is None):
+        raise CliError("give a run name or --weights PATH (not both)")
+    dependency = None
+    run_data = None
+    if run is not None:
+        target = runs.find_run(root, run)
+        path, label, dependency = _weights_of_run(target, step)
+        size = (runs.read_json(target / runs.RUN_INFO) or {}).get("size", "custom")
+        from nepa.runconfig import load_run_config
+
+        run_data = to_dict(load_run_config(target).data)
+    else:
+        source = Path(weights).expanduser().resolve()
+        model_cfg, _ = read_weights(source)
+        size = size_of(model_cfg)
+        path, label = str(source), "weights"
+        target = root / (name or f"eval-{source.stem}")
+    cluster_cfg = _eval_cluster(cluster, sets, templates)
+    planned = []
+    combos = [(t, s, False) for t in tasks for s in seeds]
+    if random_init:
+        combos += [(t, s, True) for t in tasks if t != "imagenet-val" for s in seeds]
+    for task, seed, random in combos:
+        spec, layers = render_spec(task=task, size=size, weights=path, seed=seed, random_init=random,
+                                   run_data=run_data, files=files, sets=sets, templates=templates)
+        dir_name = eval_name(task, label, seed, random)
+        state = _state_of(target / EVALS_DIR / dir_name)
+        action = {"new": "submit", "resume": "resume", "done": "skip (done)",
+                  "running": "skip (running)"}[state]
+        planned.append(PlannedEval(dir_name, spec, action, dependency, tuple(layers)))
+    return EvalPlan(target, size, cluster_cfg, tuple(planned))
+
+
+def _ensure_target(plan: EvalPlan, weights: str) -> None:
+    """A --weights evaluation gets a run directory of its own, holding only its evals."""
+    if (plan.target / runs.RUN_INFO).is_file():
+        return
+    runs.create_run(plan.target.parent, plan.target.name, lambda d: runs.write_json(d / runs.RUN_INFO, {
+        "name": plan.target.name, "task": "eval", "size": plan.size, "nodes": 1,
+        "procs_per_node": 1, "gpus_per_node": plan.cluster.gpus_per_node,
+        "executor": plan.cluster.resolved_executor(), "created": time.time(), "weights": weights}))
+
+
+def _fill_eval(staging: Path, plan: EvalPlan, planned: PlannedEval) -> None:
+    from nepa.evals.spec import SPEC_FILE, dump_spec
+
+    (staging / SPEC_FILE).write_text(dump_spec(planned.spec))
+    (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(plan.cluster), sort_keys=False))
+    runs.write_json(staging / runs.RUN_INFO, {
+        "name": planned.name, "run": plan.target.name, "task": planned.spec.task, "size": plan.size,
+        "nodes": 1, "procs_per_node": 1, "gpus_per_node": plan.cluster.gpus_per_node,
+        "executor": plan.cluster.resolved_executor(), "created": time.time(), "max_steps": None,
+        "seed": planned.spec.seed, "layers": list(planned.layers), "kind": "eval"})
+    runs.snapshot_code(staging / "code")
+
+
+def submit_evals(plan: EvalPlan) -> list[tuple[PlannedEval, str | None]]:
+    """Create and submit the planned evaluations; (planned, job id or None when skipped)."""
+    import shutil
+
+    from nepactl.submit import submit_job
+
+    todo = [p for p in plan.evals if p.action in ("submit", "resume")]
+    if todo:
+        _ensure_target(plan, todo[0].spec.weights)
+    _protect_checkpoints(plan)
+    out = []
+    for planned in plan.evals:
+        eval_dir = plan.target / EVALS_DIR / planned.name
+        if planned.action == "submit":
+            (plan.target / EVALS_DIR).mkdir(exist_ok=True)
+            runs.create_run(plan.target / EVALS_DIR, planned.name, lambda d, p=planned: _fill_eval(d, plan, p))
+            try:
+                submission = submit_job(eval_dir, attempt_cause="new evaluation", dependency=planned.dependency)
+            except BaseException:
+                shutil.rmtree(eval_dir, ignore_errors=True)
+                raise
+        elif planned.action == "resume":
+            submission = submit_job(eval_dir, attempt_cause="resume", dependency=planned.dependency)
+        else:
+            out.append((planned, None))
+            continue
+        runs.append_ledger(plan.target, "eval_submit", job_id=submission.job_id,
+                           executor=submission.executor, eval=planned.name)
+        out.append((planned, submission.job_id))
+    return out
+
+
+def _protect_checkpoints(plan: EvalPlan) -> None:
+    """Retention never deletes a checkpoint an evaluation still has to read."""
+    from nepa.train.checkpoints import CheckpointManager
+    from nepa.train.config import CheckpointConfig
+
+    for planned in plan.evals:
+        path = Path(planned.spec.weights)
+        if planned.action != "submit" or path.parent.name != "checkpoints" or not path.stem.startswith("step_"):
+            continue
+        CheckpointManager(path.parent.parent, CheckpointConfig()).protect(int(path.stem.split("_")[1]))
+
+
+def eval_dirs(run_dir: Path) -> list[Path]:
+    return runs.list_runs(run_dir / EVALS_DIR)
+
+
+def absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))

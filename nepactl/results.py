@@ -1,0 +1,232 @@
+"""`nepactl results`: gather evaluation results into typed rows (torch-free).
+
+One row per (run, task, metric, weights, protocol, random init), the mean and standard
+deviation over seeds, explicit cells for evaluations that are missing, running or failed,
+and the paper's numbers as reference rows. Tables, Markdown, CSV and JSON share these rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nepactl import runs
+
+# The paper's headline numbers (arXiv 2512.16922) and the released fine-tuned weights' top-1.
+PAPER = (
+    ("B", "finetune", "top1", 83.8), ("L", "finetune", "top1", 85.3),
+    ("B", "ade20k", "mIoU", 48.3), ("L", "ade20k", "mIoU", 54.0),
+    ("B", "linprobe", "probe_top1 (last)", 11.3), ("B", "linprobe", "probe_top1 (mean)", 14.1),
+    ("B", "imagenet-val", "top1", 83.75), ("L", "imagenet-val", "top1", 85.40),
+)
+DEFAULT_TASKS = ("finetune", "linprobe", "ade20k")
+
+
+@dataclass
+class ResultRow:
+    run: str
+    size: str
+    task: str
+    metric: str
+    weights: str  # "raw", "ema", "frozen", "random init", "paper"
+    protocol: str  # "paper", "demo", "reference"
+    value: float | None  # mean over seeds
+    std: float | None
+    seeds: int
+    step: int | None  # pretraining checkpoint step
+    state: str  # "done", "RUNNING", "FAILED", "missing", ...
+    plot: str = ""
+
+    def cell(self) -> str:
+        if self.value is None:
+            return self.state.lower()
+        return f"{self.value:.2f} ± {self.std:.2f}" if self.std is not None else f"{self.value:.2f}"
+
+
+def metric_label(metric: dict) -> str:
+    detail = metric.get("detail") or {}
+    tags = [str(detail[k]) for k in ("feature", "selected") if k in detail]
+    return f"{metric['metric']} ({', '.join(tags)})" if tags else metric["metric"]
+
+
+def _eval_states(run_dir: Path) -> dict[str, str]:
+    """State of each evaluation directory without a result (RUNNING, FAILED, ...)."""
+    from nepactl.status import collect
+
+    directory = run_dir / "evals"
+    if not directory.is_dir():
+        return {}
+    rows, _ = collect(directory)
+    return {row.run: row.state for row in rows}
+
+
+def _done_rows(run_dir: Path, info: dict, results: list[dict]) -> list[ResultRow]:
+    groups: dict[tuple, list[tuple[float, dict]]] = {}
+    for doc in results:
+        random = bool(doc["checkpoint"].get("random_init"))
+        for metric in doc["metrics"]:
+            weights = "random init" if random else metric["weights"]
+            key = (doc["task"], metric_label(metric), weights, doc["protocol"])
+            groups.setdefault(key, []).append((float(metric["value"]), doc))
+    rows = []
+    for (task, label, weights, protocol), values in sorted(groups.items()):
+        numbers = [v for v, _ in values]
+        step = values[0][1]["checkpoint"].get("step")
+        rows.append(ResultRow(
+            run=run_dir.name, size=info.get("size", "?"), task=task, metric=label, weights=weights,
+            protocol=protocol, value=statistics.fmean(numbers),
+            std=statistics.stdev(numbers) if len(numbers) > 1 else None, seeds=len(numbers),
+            step=None if weights == "random init" else step, state="done"))
+    return rows
+
+
+def gather(root: Path, names: list[str] | None = None, *, reference: bool = True) -> list[ResultRow]:
+    """Rows for the named runs (default: every run with evaluations, or a pretraining run)."""
+    from nepa.evals.results import RESULT_FILE, ResultError, read_result
+
+    dirs = [runs.find_run(root, n) for n in names] if names else runs.list_runs(root)
+    rows: list[ResultRow] = []
+    sizes = set()
+    for run_dir in dirs:
+        info = runs.read_json(run_dir / runs.RUN_INFO) or {}
+        sizes.add(info.get("size"))
+        results, pending = [], {}
+        for eval_dir in runs.list_runs(run_dir / "evals"):
+            try:
+                results.append(read_result(eval_dir / RESULT_FILE))
+            except ResultError:
+                pending[eval_dir.name] = eval_dir
+        rows += _done_rows(run_dir, info, results)
+        states = _eval_states(run_dir) if pending else {}
+        for name in sorted(pending):
+            eval_info = runs.read_json(pending[name] / runs.RUN_INFO) or {}
+            rows.append(ResultRow(run_dir.name, info.get("size", "?"), eval_info.get("task", name), name,
+                                  "", "", None, None, 0, None, states.get(name, "FAILED")))
+        seen = {r.task for r in rows if r.run == run_dir.name}
+        if info.get("task") == "pretrain":
+            rows += [ResultRow(run_dir.name, info.get("size", "?"), task, "", "", "", None, None, 0,
+                               None, "missing") for task in DEFAULT_TASKS if task not in seen]
+    if reference:
+        rows += [ResultRow("paper", size, task, metric, "paper", "reference", value, None, 0, None, "done")
+                 for size, task, metric, value in PAPER if not sizes or size in sizes or "tiny" in sizes]
+    return rows
+
+
+def to_json(rows: list[ResultRow]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=1, allow_nan=False)
+
+
+def to_csv(rows: list[ResultRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0]) if rows else ResultRow.__annotations__))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    return buffer.getvalue()
+
+
+COLUMNS = ("run", "size", "task", "metric", "weights", "protocol", "value", "seeds", "step", "plot")
+
+
+def _cells(row: ResultRow, link: bool) -> list[str]:
+    plot = (f"[plot]({row.plot})" if link else row.plot) if row.plot else ""
+    return [row.run, row.size, row.task, row.metric, row.weights, row.protocol, row.cell(),
+            str(row.seeds or ""), "" if row.step is None else str(row.step), plot]
+
+
+def to_markdown(rows: list[ResultRow]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r, link=True)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_table(rows: list[ResultRow]):
+    from rich.table import Table
+
+    table = Table(title="NEPA evaluation results", show_lines=False)
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column in ("value", "seeds", "step") else "left")
+    for row in rows:
+        style = "dim" if row.protocol == "reference" else ("yellow" if row.value is None else None)
+        table.add_row(*_cells(row, link=False), style=style)
+    return table
+
+
+def make_plots(root: Path, rows: list[ResultRow]) -> list[Path]:
+    """Pretraining loss and fine-tune accuracy curves as PNGs under RUN/plots/, linked from rows."""
+    from nepa.evals.results import RESULT_FILE, ResultError, read_result
+
+    written = []
+    for run in sorted({r.run for r in rows if r.protocol != "reference"}):
+        run_dir = root / run
+        loss = _plot_loss(run_dir)
+        if loss:
+            written.append(loss)
+        for eval_dir in runs.list_runs(run_dir / "evals"):
+            try:
+                doc = read_result(eval_dir / RESULT_FILE)
+            except ResultError:
+                continue
+            curve = doc.get("curves", {}).get("val")
+            if doc["task"] == "finetune" and curve:
+                path = _plot_curve(run_dir / "plots" / f"{eval_dir.name}.png", curve,
+                                   f"{run}: {eval_dir.name}")
+                written.append(path)
+                for row in rows:
+                    if row.run == run and row.task == "finetune" and not row.plot:
+                        row.plot = str(path)
+    for row in rows:
+        if row.run != "paper" and not row.plot and (root / row.run / "plots" / "pretrain_loss.png").is_file():
+            row.plot = str(root / row.run / "plots" / "pretrain_loss.png") if row.task == "linprobe" else ""
+    return written
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_loss(run_dir: Path) -> Path | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if "loss" in r]
+    if not records:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1)
+    ax.set(xlabel="step", ylabel="NEPA loss (-cosine)", title=f"{run_dir.name}: pretraining loss")
+    ax.grid(alpha=0.3)
+    out = run_dir / "plots" / "pretrain_loss.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _plot_curve(out: Path, curve: list[dict], title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x_key = "epoch" if "epoch" in curve[0] else "step"
+    for key in sorted({k for point in curve for k in point if k.startswith(("top1", "ema_top1", "raw_top1"))}):
+        points = [(p[x_key], p[key]) for p in curve if key in p]
+        ax.plot([a for a, _ in points], [b for _, b in points], marker="o", lw=1, label=key)
+    ax.set(xlabel=x_key, ylabel="val accuracy %", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out.parent.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

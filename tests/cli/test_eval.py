@@ -1,0 +1,113 @@
+"""`nepactl eval` and `nepactl results`: specs, submission, skipping, result files, tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from nepactl.app import app
+
+runner = CliRunner()
+TINY = ["--size", "tiny", "--set", "model.depth=2", "--set", "train.global_batch=32",
+        "--set", "train.micro_batch=32", "--set", "train.max_steps=20", "--set", "checkpoint.every_steps=10"]
+FAST_PROBE = ["--set", "linprobe.epochs=5", "--set", "linprobe.lr_grid=[0.01,0.1]",
+              "--set", "linprobe.blocks=[0]"]  # the model has 2 blocks
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A finished 20-step tiny run (debug executor: in-process, same submit path)."""
+    root = tmp_path_factory.mktemp("evalruns") / "runs"
+    result = runner.invoke(app, ["pretrain", *TINY, "--cluster", "debug", "--name", "base",
+                                 "--runs-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert (root / "base" / "checkpoints" / "step_00000020.pt").is_file()
+    return root
+
+
+def _eval(root, *args):
+    return runner.invoke(app, ["eval", "base", "--cluster", "debug", "--runs-root", str(root), *args])
+
+
+def test_linprobe_results_per_seed_then_skipped_when_done(pretrained, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(pretrained, root)
+    result = _eval(root, "--tasks", "linprobe", "--seeds", "0,1", "--random-init", *FAST_PROBE)
+    assert result.exit_code == 0, result.output
+    evals = root / "base" / "evals"
+    names = sorted(p.name for p in evals.iterdir() if not p.name.startswith("."))
+    assert names == ["linprobe-random-seed0", "linprobe-random-seed1",
+                     "linprobe-step20-seed0", "linprobe-step20-seed1"]
+    doc = json.loads((evals / "linprobe-step20-seed1" / "result.json").read_text())
+    assert doc["schema"] == 1 and doc["task"] == "linprobe" and doc["seed"] == 1
+    assert doc["protocol"] == "demo" and doc["paper_protocol"] is False
+    assert doc["checkpoint"]["step"] == 20 and len(doc["checkpoint"]["sha256"]) == 64
+    assert {m["detail"]["feature"] for m in doc["metrics"]} == {"mean", "last", "block0"}
+    assert all(0 <= m["value"] <= 100 and m["split"] == "val" for m in doc["metrics"])
+    random = json.loads((evals / "linprobe-random-seed0" / "result.json").read_text())
+    assert random["checkpoint"]["random_init"] is True and random["checkpoint"]["step"] == 0
+    # the checkpoint an evaluation read is kept by retention from now on
+    assert json.loads((root / "base" / "checkpoints" / "protected.json").read_text()) == [20]
+
+    again = _eval(root, "--tasks", "linprobe", "--seeds", "0,1", *FAST_PROBE)
+    assert again.exit_code == 0 and again.output.count("skip (done)") == 2, again.output
+
+    table = runner.invoke(app, ["results", "base", "--format", "json", "--no-plots", "--runs-root", str(root)])
+    assert table.exit_code == 0, table.output
+    rows = json.loads(table.output)
+    mean = [r for r in rows if r["run"] == "base" and r["metric"] == "probe_top1 (mean)"]
+    assert {r["weights"] for r in mean} == {"frozen", "random init"}
+    pretrained_row = next(r for r in mean if r["weights"] == "frozen")
+    values = [json.loads((evals / f"linprobe-step20-seed{s}" / "result.json").read_text())
+              for s in (0, 1)]
+    expected = [next(m["value"] for m in d["metrics"] if m["detail"]["feature"] == "mean") for d in values]
+    assert pretrained_row["seeds"] == 2 and pretrained_row["value"] == pytest.approx(sum(expected) / 2)
+    assert pretrained_row["std"] is not None and pretrained_row["step"] == 20
+    missing = {r["task"]: r["state"] for r in rows if r["run"] == "base" and r["value"] is None}
+    assert missing == {"finetune": "missing", "ade20k": "missing"}
+    assert any(r["run"] == "paper" and r["value"] == 83.8 for r in rows)
+
+    md = runner.invoke(app, ["results", "base", "--format", "md", "--runs-root", str(root)])
+    assert md.exit_code == 0 and "| base | tiny | linprobe |" in md.output
+    assert (root / "base" / "plots" / "pretrain_loss.png").is_file()
+    csv = runner.invoke(app, ["results", "--format", "csv", "--no-plots", "--runs-root", str(root)])
+    assert csv.exit_code == 0 and csv.output.splitlines()[0].startswith("run,size,task,metric")
+
+
+def test_dry_run_prints_the_specs_and_creates_nothing(pretrained, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(pretrained, root)
+    result = _eval(root, "--tasks", "linprobe,finetune", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "# linprobe-step20-seed0: submit" in result.output
+    assert "# finetune-step20-seed0: submit" in result.output and "protocol: demo" in result.output
+    assert not (root / "base" / "evals").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "linprob"], "unknown task 'linprob' (did you mean 'linprobe'?)"),
+    (["--step", "7"], "no checkpoint of step 7; steps: 10, 20"),
+    (["--seeds", "a"], "expected whole numbers"),
+    (["--set", "linprobe.epoch=3"], "linprobe.epoch"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(pretrained, tmp_path, args, message):
+    root = tmp_path / "runs"
+    shutil.copytree(pretrained, root)
+    result = _eval(root, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (root / "base" / "evals").exists()
+
+
+def test_weights_evaluations_get_their_own_run(pretrained, tmp_path):
+    root = tmp_path / "runs"
+    checkpoint = pretrained / "base" / "checkpoints" / "step_00000010.pt"
+    result = runner.invoke(app, ["eval", "--weights", str(checkpoint), "--tasks", "linprobe", "--cluster",
+                                 "debug", "--name", "ext", "--runs-root", str(root), *FAST_PROBE])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((root / "ext" / "evals" / "linprobe-weights-seed0" / "result.json").read_text())
+    assert doc["run"] == "ext" and doc["checkpoint"]["step"] == 10
+    assert doc["size"] == "custom"  # a 2-block tiny matches no size of the registry
