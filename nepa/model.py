@@ -2,7 +2,8 @@
 
 Reads top to bottom: config, parts (2-D RoPE, attention, block), the model, the size table.
 Deviations from the release are extensions only (any image size divisible by the patch size,
-input masking with a mask token, a fused q/k/v projection that the converter splits/joins).
+input masking with a mask token, a fused q/k/v projection that the converter splits/joins,
+non-raster autoregressive patch orders).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nepa.config import ConfigError, check, from_dict, suggest
+from nepa.patch_order import PatchOrder, patch_order
 
 Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
 _ACTIVATIONS = {
@@ -60,6 +62,10 @@ class ModelConfig:
     num_classes: int = 0  # 0: pretraining model (no head)
     pool: Literal["mean", "last"] = "mean"  # mean of patch tokens -> fc_norm, or last token
     labels: tuple[str, ...] = ()  # class names of a classifier, index order
+    # Autoregressive order of the patch tokens (nepa.patch_order): "raster" (the release),
+    # "hilbert", "spiral" or "random". Positions (RoPE) stay those of the 2-D grid.
+    patch_order: PatchOrder = "raster"
+    patch_order_seed: int = 0  # the fixed permutation of patch_order "random"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "in_chans", "dim", "depth", "num_heads", "mlp_dim"):
@@ -191,7 +197,9 @@ class Block(nn.Module):
 class NepaViT(nn.Module):
     """NEPA backbone; with `num_classes > 0` also the classifier (call returns logits).
 
-    Sequence layout everywhere: (B, 1 + T, D), CLS first, patches in row-major raster order.
+    Sequence layout everywhere: (B, 1 + T, D), CLS first, then the patches in the model's
+    order (`cfg.patch_order`; raster by default). Outputs stay in that order; `to_raster`
+    maps a sequence back to row-major patches.
     """
 
     num_prefix_tokens = 1
@@ -208,6 +216,7 @@ class NepaViT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.grad_checkpointing = False
+        self._orders: dict[tuple[int, int, str], torch.Tensor] = {}  # cache, not state
         self._build_head()
         self.apply(self._init_weights)
         trunc_normal_(self.cls_token, std=cfg.init_std)
@@ -248,9 +257,30 @@ class NepaViT(nn.Module):
         p = self.cfg.patch_size
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
-        patches = self.patch_embed(images)  # (B, T, D)
+        patches = self.patch_embed(images)  # (B, T, D), raster
+        grid = (h // p, w // p)
+        if self.cfg.patch_order != "raster":
+            patches = patches[:, self.token_order(grid, patches.device)]  # (B, T, D), model order
         cls = self.cls_token.expand(patches.shape[0], -1, -1)
-        return torch.cat([cls, patches], dim=1), (h // p, w // p)
+        return torch.cat([cls, patches], dim=1), grid
+
+    def token_order(self, grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+        """(T,) raster index of the patch at each sequence position (cached per grid)."""
+        key = (*grid, str(device))
+        if key not in self._orders:
+            order = patch_order(self.cfg.patch_order, *grid, seed=self.cfg.patch_order_seed)
+            self._orders[key] = torch.tensor(order, dtype=torch.long, device=device)
+        return self._orders[key]
+
+    def to_raster(self, sequence: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """A (B, P+T, ...) sequence in the model's order -> the same with raster patches."""
+        if self.cfg.patch_order == "raster":
+            return sequence
+        p = self.num_prefix_tokens
+        raster = torch.empty_like(sequence)
+        raster[:, :p] = sequence[:, :p]
+        raster[:, p + self.token_order(grid, sequence.device)] = sequence[:, p:]
+        return raster
 
     def random_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """Replace a `mask_ratio` fraction of patch inputs per sample by the mask token."""
@@ -268,7 +298,11 @@ class NepaViT(nn.Module):
     def run_blocks(self, tokens: torch.Tensor, grid: tuple[int, int],
                    collect: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All blocks; returns the last hidden state (not normalised) and those in `collect`."""
-        rope = self.rope(grid, self.num_prefix_tokens)
+        rope = self.rope(grid, self.num_prefix_tokens)  # (P + T, hd) each, raster
+        if self.cfg.patch_order != "raster":  # each token keeps the rotation of its grid position
+            p = self.num_prefix_tokens
+            order = self.token_order(grid, rope[0].device)
+            rope = tuple(torch.cat([t[:p], t[p:][order]]) for t in rope)
         collected = []
         x = tokens
         for i, block in enumerate(self.blocks):
@@ -281,7 +315,7 @@ class NepaViT(nn.Module):
         return x, collected
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Final-normalised sequence (B, 1+T, D), CLS first."""
+        """Final-normalised sequence (B, 1+T, D), CLS first, patches in the model's order."""
         tokens, grid = self.embed(images)
         x, _ = self.run_blocks(tokens, grid)
         return self.norm(x)
@@ -314,8 +348,8 @@ class NepaViT(nn.Module):
                                 norm: bool = True, reshape: bool = False) -> tuple[torch.Tensor, ...]:
         """Outputs of the given blocks (an int n: the last n), for probing and segmentation.
 
-        Each is (B, 1+T, D), final-normalised when `norm`; with `reshape` the patch tokens
-        become a (B, D, Hp, Wp) map.
+        Each is (B, 1+T, D) in the model's token order, final-normalised when `norm`; with
+        `reshape` the patch tokens become a (B, D, Hp, Wp) map (spatial, so raster-ordered).
         """
         depth = len(self.blocks)
         wanted = list(range(depth - indices, depth)) if isinstance(indices, int) else list(indices)
@@ -330,7 +364,7 @@ class NepaViT(nn.Module):
         for i in wanted:
             x = self.norm(by_index[i]) if norm else by_index[i]
             if reshape:
-                patches = x[:, self.num_prefix_tokens:]  # (B, T, D)
+                patches = self.to_raster(x, grid)[:, self.num_prefix_tokens:]  # (B, T, D)
                 x = patches.transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, D, Hp, Wp)
             outputs.append(x)
         return tuple(outputs)

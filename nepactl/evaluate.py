@@ -86,7 +86,7 @@ def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | No
         return str(path), f"step{step}", None
     if row.state in ACTIVE:  # evaluate what the run ends with, once it ends well
         if (runs.read_json(run_dir / runs.RUN_INFO) or {}).get("executor") != "slurm":
-            raise CliError(f"'{run_dir.name}' is {row.state} on the {row.state and 'local'} executor; "
+            raise CliError(f"'{run_dir.name}' is {row.state} on the local executor; "
                            "evaluate it when it has finished, or pick a saved --step")
         return str(run_dir), "final", row.job_id
     files = run_checkpoints(run_dir)

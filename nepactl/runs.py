@@ -118,6 +118,11 @@ def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
     return events
 
 
+def own_job_id(ledger: list[dict[str, Any]]) -> str:
+    """The newest job id of the run's own job (not of the evaluations it launched)."""
+    return next((e["job_id"] for e in reversed(ledger) if e.get("job_id") and e["event"] != "eval_submit"), "")
+
+
 def last_line(path: Path, chunk: int = 8192) -> dict[str, Any] | None:
     """The last complete JSON line of a (possibly large) JSONL file, reading only its tail."""
     try:

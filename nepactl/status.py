@@ -115,25 +115,29 @@ def _checkpoint_age(run_dir: Path) -> float | None:
 
 
 def _eval_cells(run_dir: Path) -> str:
-    """One short cell per evaluation, from its directory alone (no scheduler query)."""
+    """Per task: evaluations done / launched, and the progress of running ones (no scheduler query)."""
     directory = run_dir / "evals"
     if not directory.is_dir():
         return ""
-    cells = []
+    tasks: dict[str, list[str]] = {}
     for eval_dir in runs.list_runs(directory):
-        result = runs.read_json(eval_dir / "result.json")
-        if result and result.get("metrics"):
-            first = result["metrics"][0]
-            cells.append(f"{eval_dir.name} {first.get('metric')} {first.get('value', 0):.1f}")
+        task = (runs.read_json(eval_dir / runs.RUN_INFO) or {}).get("task", eval_dir.name)
+        if (eval_dir / "result.json").is_file():
+            tasks.setdefault(task, []).append("done")
             continue
         outcome = runs.read_json(eval_dir / "outcome.json") or {}
         progress = runs.read_json(eval_dir / "progress.json") or {}
         if outcome.get("status") == "FAILED":
-            cells.append(f"{eval_dir.name} failed")
+            tasks.setdefault(task, []).append("failed")
         elif progress.get("total"):
-            cells.append(f"{eval_dir.name} {100 * progress.get('step', 0) / progress['total']:.0f}%")
+            tasks.setdefault(task, []).append(f"{100 * progress.get('step', 0) / progress['total']:.0f}%")
         else:
-            cells.append(f"{eval_dir.name} submitted")
+            tasks.setdefault(task, []).append("queued")
+    cells = []
+    for task, states in tasks.items():
+        done = states.count("done")
+        rest = [s for s in states if s != "done"]
+        cells.append(f"{task} {done}/{len(states)}" + (f" ({', '.join(rest)})" if rest else ""))
     return ", ".join(cells)
 
 
@@ -176,8 +180,7 @@ def collect(root: Path, only: list[str] | None = None) -> tuple[list[RunRow], li
     dirs = [runs.find_run(root, n) for n in only] if only else runs.list_runs(root)
     infos = {d: runs.read_json(d / runs.RUN_INFO) or {} for d in dirs}
     ledgers = {d: runs.read_ledger(d) for d in dirs}
-    job_ids = {d: next((e.get("job_id") for e in reversed(ledgers[d]) if e.get("job_id")), "")
-               for d in dirs}
+    job_ids = {d: runs.own_job_id(ledgers[d]) for d in dirs}
     scheduler = Scheduler()
     slurm_ids = [job_ids[d] for d in dirs if infos[d].get("executor") == "slurm" and job_ids[d]]
     states = scheduler.squeue(slurm_ids)

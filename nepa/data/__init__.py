@@ -18,6 +18,8 @@ _PUBLIC = {
     "EvalSampler": "nepa.data.sampler",
     "item_seed": "nepa.data.sampler",
     "seeded": "nepa.data.sampler",
+    "EpochTagged": "nepa.data.sampler",
+    "SeededItems": "nepa.data.sampler",
     "collate": "nepa.data.loader",
     "build_train_loader": "nepa.data.loader",
     "build_eval_loader": "nepa.data.loader",

@@ -9,7 +9,7 @@ import random
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from nepa.config import ConfigError
 
@@ -140,3 +140,36 @@ class EvalSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+
+class EpochTagged(Sampler):
+    """Yields (epoch, index) so each item's augmentation can be seeded by what it is."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededItems(Dataset):
+    """Augmentation randomness as a pure function of (seed, epoch, index).
+
+    Resume, worker count and world size then cannot change what an image looks like.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with seeded(item_seed(self.seed, epoch, index)):
+            return self.dataset[index]

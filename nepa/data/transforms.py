@@ -28,9 +28,33 @@ def finetune_transform(cfg: DataConfig, *, auto_augment: str | None = "rand-m9-m
     """timm's fine-tuning recipe: random resized crop + flip, RandAugment, random erasing."""
     from timm.data import create_transform
 
-    return create_transform(cfg.image_size, is_training=True, auto_augment=auto_augment,
-                            interpolation=interpolation, re_prob=re_prob, re_mode="pixel",
-                            re_count=1, mean=MEAN, std=STD)
+    transform = create_transform(cfg.image_size, is_training=True, auto_augment=auto_augment,
+                                 interpolation=interpolation, re_prob=re_prob, re_mode="pixel",
+                                 re_count=1, mean=MEAN, std=STD)
+    _allow_zero_bit_posterize(transform)
+    return transform
+
+
+def posterize(img, bits_to_keep: int, **_):
+    """timm's posterize, also for 0 bits: what its recipe asks for at the top magnitudes
+    (rand-m9-mstd0.5-inc1 reaches level 10, "keep 0 MSB", a black image). Pillow >= 12
+    refuses 0 bits with ValueError, which would crash a fine-tuning run at random."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked off
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _allow_zero_bit_posterize(transform) -> None:
+    from timm.data import auto_augment
+
+    for step in getattr(transform, "transforms", ()):
+        for op in getattr(step, "ops", ()):
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = posterize
 
 
 def eval_transform(image_size: int, crop_pct: float = 0.875, squash: bool = False) -> Callable:

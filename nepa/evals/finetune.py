@@ -210,7 +210,6 @@ class _Finetune:
     def _build_data(self) -> list:
         """Train loader (map-style: seeded items in a resumable order; wds: the shard stream),
         val dataset; returns the class names."""
-        from nepa.train.loop import _EpochTagged, _SeededItems
 
         cfg, data, env = self.cfg, self.data, self.env
         transform = nepa_data.finetune_transform(data, auto_augment=cfg.auto_augment,
@@ -224,7 +223,7 @@ class _Finetune:
         else:
             train = nepa_data.build_dataset(data, "train", transform)
             self.sampler = nepa_data.ResumableSampler(len(train), **geometry)
-            self.tagged, items = _EpochTagged(self.sampler), _SeededItems(train, cfg.seed)
+            self.tagged, items = nepa_data.EpochTagged(self.sampler), nepa_data.SeededItems(train, cfg.seed)
             classes = train.classes
         self.loader = nepa_data.build_train_loader(data, items, self.tagged, cfg.micro_batch, cfg.seed)
         self.steps_per_epoch = min(self.sampler.steps_per_epoch, cfg.epoch_steps or math.inf)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 import nepa
 from nepa import data as nepa_data
@@ -77,39 +77,6 @@ class _Pretrainer(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, outputs = self.model.forward_pretrain(images)
         return nepa_loss(inputs, outputs, shift=self.shift, stop_grad=self.stop_grad), outputs.detach()
-
-
-class _EpochTagged(Sampler):
-    """Yields (epoch, index) so each item's augmentation can be seeded by what it is."""
-
-    def __init__(self, sampler: Sampler):
-        self.sampler = sampler
-        self.epoch = 0
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return ((epoch, i) for i in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class _SeededItems(Dataset):
-    """Augmentation randomness as a pure function of (seed, epoch, index).
-
-    Resume, worker count and world size then cannot change what an image looks like.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        with nepa_data.seeded(nepa_data.item_seed(self.seed, epoch, index)):
-            return self.dataset[index]
 
 
 class Trainer:
@@ -193,9 +160,9 @@ class Trainer:
         self.sampler = nepa_data.ResumableSampler(
             len(dataset), global_batch=cfg.train.global_batch, micro_batch=cfg.train.micro_batch,
             rank=env.rank, world_size=env.world_size, seed=cfg.train.seed)
-        self.tagged = _EpochTagged(self.sampler)
+        self.tagged = nepa_data.EpochTagged(self.sampler)
         self.loader = nepa_data.build_train_loader(
-            cfg.data, _SeededItems(dataset, cfg.train.seed), self.tagged,
+            cfg.data, nepa_data.SeededItems(dataset, cfg.train.seed), self.tagged,
             cfg.train.micro_batch, cfg.train.seed)
 
     # -- checkpoint state -----------------------------------------------------------------------

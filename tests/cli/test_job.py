@@ -82,3 +82,50 @@ def test_stop_cause_comes_from_slurm_time_left(monkeypatch):
     monkeypatch.setattr(sp, "run", lambda *a, **k: sp.CompletedProcess(a, 0, stdout="3:10:00\n"))
     assert job.classify_stop(signal.SIGUSR2, None) == "preemption"
     assert job.classify_stop(signal.SIGTERM, None) == "preemption"
+
+
+@pytest.mark.slow
+def test_eval_job_saves_on_the_signal_requeues_and_finishes_with_a_result(tmp_path):
+    """Evaluations are jobs like pretraining: signal -> save -> requeue -> resume -> result.json."""
+    import psutil
+
+    from nepa import checkpoint
+    from nepa.data import DataConfig
+    from nepa.evals.finetune import FinetuneConfig
+    from nepa.evals.spec import SPEC_FILE, EvalSpec, dump_spec
+    from nepa.model import build_model
+    from nepactl import runs
+    from nepactl.job import EvalJob
+
+    model = build_model("tiny", depth=2)
+    weights = checkpoint.save(tmp_path / "pretrained.pt",
+                              checkpoint.model_payload(model.cfg, model.state_dict(), step=5))
+    eval_dir = tmp_path / "evals" / "finetune"
+    eval_dir.mkdir(parents=True)
+    spec = EvalSpec(task="finetune", weights=str(weights), protocol="demo",
+                    data=DataConfig(source="digits", num_workers=0),
+                    finetune=FinetuneConfig(global_batch=32, micro_batch=32, max_steps=40, epoch_steps=10,
+                                            eval_batch=300, auto_augment=None))
+    (eval_dir / SPEC_FILE).write_text(dump_spec(spec))
+    runs.write_json(eval_dir / runs.RUN_INFO, {"run": "base", "task": "finetune", "size": "custom"})
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=15)  # >= 10 min: an early signal is a preemption
+    job = executor.submit(EvalJob(eval_dir))
+    deadline = time.time() + 120
+    while (runs.read_json(eval_dir / "progress.json") or {}).get("step", 0) < 3:
+        assert time.time() < deadline, "the evaluation did not reach step 3:\n" + job.stderr()
+        time.sleep(0.05)
+    (worker,) = psutil.Process(int(job.job_id)).children()
+    worker.send_signal(signal.SIGUSR2)
+    record = job.result()
+    assert record == {"status": "COMPLETED", "step": 40, "total_steps": 40}
+    events = [e["event"] for e in runs.read_ledger(eval_dir)]
+    assert events == ["start", "requeue", "start", "end"], events
+    assert runs.read_ledger(eval_dir)[1]["cause"] == "preemption"
+    log = job.stderr() + job.stdout()
+    assert "resumed from" in log
+    result = json.loads((eval_dir / "result.json").read_text())
+    assert result["task"] == "finetune" and result["checkpoint"]["step"] == 5
+    assert {(m["metric"], m["weights"]) for m in result["metrics"]} >= {("top1", "raw"), ("top1", "ema")}
+    epochs = [json.loads(line)["epoch"] for line in (eval_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]  # each epoch once across the requeue

@@ -127,3 +127,19 @@ def test_concurrent_creations_of_one_name_have_one_winner(tmp_path):
 def test_run_names_with_shell_syntax_are_refused(name):
     with pytest.raises(runs.CliError, match="may only use letters"):
         runs.check_name(name)
+
+
+def test_evaluations_show_per_task_and_never_lend_their_job_id(tmp_path):
+    run = _run_dir(tmp_path, "r", executor="local", job_id="11", outcome="COMPLETED", steps=10)
+    runs.append_ledger(run, "eval_submit", job_id="99", executor="local", eval="linprobe-step10-seed0")
+    evals = run / "evals"
+    for name, task, files in [("linprobe-step10-seed0", "linprobe", {"result.json": {"metrics": []}}),
+                              ("finetune-step10-seed0", "finetune", {"progress.json": {"step": 3, "total": 12}}),
+                              ("ade20k-step10-seed0", "ade20k", {"outcome.json": {"status": "FAILED"}})]:
+        (evals / name).mkdir(parents=True)
+        runs.write_json(evals / name / runs.RUN_INFO, {"task": task})
+        for file, content in files.items():
+            runs.write_json(evals / name / file, content)
+    (row,), _ = collect(tmp_path)
+    assert row.job_id == "11" and row.state == "COMPLETED"
+    assert row.evals == "ade20k 0/1 (failed), finetune 0/1 (25%), linprobe 1/1"

@@ -65,3 +65,25 @@ def test_finetune_transform_and_mixup():
     assert images.shape == (4, 3, 8, 8) and targets.shape == (4, 10)
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
     assert targets.min() > 0  # label smoothing 0.1: no zero targets
+
+
+def test_randaugment_posterize_at_zero_bits_gives_black_not_an_error():
+    """rand-m9-mstd0.5-inc1 reaches posterize level 10 (keep 0 bits); Pillow refuses 0 bits."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from nepa.data import DataConfig, finetune_transform
+    from nepa.data.transforms import posterize
+
+    transform = finetune_transform(DataConfig(source="digits"))
+    ops = [op for step in transform.transforms for op in getattr(step, "ops", ()) if "Posterize" in op.name]
+    assert ops and all(op.aug_fn is posterize for op in ops)
+    image = Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8))
+    assert np.asarray(posterize(image, 0)).max() == 0
+    assert np.asarray(posterize(image, 1)).max() == 128 and posterize(image, 8) is image
+    (op,) = ops
+    op.magnitude_std, op.magnitude, op.prob = 0, 10, 1.0  # force level 10: 4 - 4 = 0 bits kept
+    assert np.asarray(op(image)).max() == 0
+    torch.manual_seed(0)
+    assert transform(Image.fromarray(np.full((32, 32, 3), 99, dtype=np.uint8))).shape == (3, 32, 32)

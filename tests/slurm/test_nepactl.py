@@ -286,17 +286,21 @@ def test_two_tasks_use_gloo_save_together_on_the_signal_and_leave_no_process(
 
 
 def test_cancel_ends_the_job_and_its_dependent_jobs(slurm_cluster, monkeypatch, tmp_path):
-    from nepactl.runs import append_ledger
-
     slurm_cluster.activate(monkeypatch)
     root = tmp_path / "runs"
-    job_id = _pretrain(root, "stop", _profile(tmp_path), 10_000, 1000)
+    profile = _profile(tmp_path)
+    job_id = _pretrain(root, "stop", profile, 10_000, 1000)
     run = root / "stop"
     # past the start, so that the job's own SIGTERM handler is installed when scancel comes
     _wait(root, "stop", lambda r: r["state"] == "RUNNING" and r["step"] >= 3, timeout=60)
-    dependent = slurm_cluster.sbatch(f"--dependency=afterok:{job_id}", "--wrap", "true")
-    append_ledger(run, "eval_submit", job_id=dependent, executor="slurm")
-    assert slurm_cluster.job_state(dependent) == "PENDING"
+    # evaluating a running SLURM run chains the evaluation on it (afterok)
+    result = runner.invoke(app, ["eval", "stop", "--tasks", "linprobe", "--cluster", str(profile),
+                                 "--runs-root", str(root)])
+    assert result.exit_code == 0, result.output
+    (dependent,) = [e["job_id"] for e in _ledger(run) if e["event"] == "eval_submit"]
+    assert f"stop/linprobe-final-seed0\tjob {dependent}" in result.stdout
+    info = slurm_cluster.scontrol_show_job(dependent)
+    assert info["JobState"] == "PENDING" and f"afterok:{job_id}" in info.get("Dependency", ""), info
 
     result = runner.invoke(app, ["cancel", "stop", "--runs-root", str(root)])
     assert result.exit_code == 0, result.output
