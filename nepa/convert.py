@@ -104,6 +104,9 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.mask_ratio > 0:
         raise ConversionError("model.mask_ratio > 0 has a mask token the release format cannot "
                               "hold; export the weights with mask_ratio 0 (it is unused at inference)")
+    if cfg.patch_order != "raster":
+        raise ConversionError(f"model.patch_order '{cfg.patch_order}' has no key in the release format "
+                              "(it reads patches in raster order); only raster-order models can be exported")
     hf: dict[str, Any] = {key: getattr(cfg, field) for key, field in _CONFIG_FIELDS.items()}
     hf.update(
         hidden_act=_ACT_TO_HF[cfg.act], add_pooling_layer=cfg.pool == "mean",

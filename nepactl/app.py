@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nepactl.commands import control, convert, data, demo, doctor, evaluate, pretrain, status, viz
+from nepactl.commands import ablate, control, convert, data, demo, doctor, evaluate, pretrain, status, viz
 
 app = typer.Typer(
     name="nepactl",
@@ -35,6 +35,7 @@ app.command("convert")(convert.convert)
 app.add_typer(data.app, name="data")
 app.command("demo")(demo.demo)
 app.command("viz")(viz.viz)
+app.command("ablate")(ablate.ablate)
 
 
 def main() -> None:

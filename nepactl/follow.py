@@ -14,7 +14,7 @@ def follow_run(run_dir: Path, total: int, label: str = "pretraining") -> dict | 
     """Progress over metrics.jsonl until the run's outcome is written; None if the job died."""
     from nepactl.status import _local_alive
 
-    job_id = next(e["job_id"] for e in reversed(runs.read_ledger(run_dir)) if e.get("job_id"))
+    job_id = runs.own_job_id(runs.read_ledger(run_dir))
     columns = (TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console.err) as progress:

@@ -105,3 +105,11 @@ def test_mask_token_cannot_go_to_the_release_format(tmp_path):
     with pytest.raises(ConversionError, match="mask_ratio"):
         write_release(tmp_path / "out", model.cfg, model.state_dict())
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_non_raster_patch_order_is_refused_by_the_release_format():
+    from nepa.convert import ConversionError, config_to_hf
+    from nepa.model import build_model
+
+    with pytest.raises(ConversionError, match="patch_order"):
+        config_to_hf(build_model("tiny", depth=1, patch_order="spiral").cfg)

@@ -28,6 +28,8 @@ SURFACE = {
     "eval": ["--cluster", "--config", "--dry-run", "--name", "--random-init", "--runs-root", "--seeds", "--set",
              "--step", "--tasks", "--weights", "RUN"],
     "results": ["--format", "--plots", "--runs-root", "RUN"],
+    "ablate": ["--cluster", "--format", "--name", "--retry-failed", "--runs-root", "--seeds", "--set", "--steps",
+               "--tasks", "--variants"],
 }
 
 
