@@ -154,6 +154,19 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
+def parse_names(text: str, choices: typing.Sequence[str], *, flag: str, kind: str, example: str,
+                extra: str = "") -> tuple[str, ...]:
+    """A comma-separated list of known names (order kept, repeats dropped); one clear error."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for name in names:
+        if name not in choices:
+            raise ConfigError(f"{flag}: unknown {kind} '{name}'{suggest(name, choices)}; "
+                              f"{kind}s: {', '.join(choices)}{extra}")
+    if not names:
+        raise ConfigError(f"{flag}: name at least one {kind}, e.g. {flag} {example}")
+    return names
+
+
 def check(condition: bool, path: str, message: str) -> None:
     """Raise ConfigError for a failed cross-field check, naming the dotted field."""
     if not condition:

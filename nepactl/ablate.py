@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nepa.config import ConfigError, from_dict, suggest
+from nepa.config import ConfigError, from_dict, parse_names, suggest
 from nepactl import console, runs
 from nepactl.errors import CliError
 from nepactl.render import TEMPLATES, Rendered, parse_set, read_yaml, render
@@ -66,16 +66,10 @@ def check_keys_of(data: dict, allowed: set[str], source: str) -> None:
 
 def select_variants(text: str, table: dict[str, Variant]) -> tuple[str, ...]:
     """'all' or a comma-separated list of known variant names, in the given order."""
-    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-    if names == ("all",):
+    if text.strip() == "all":
         return tuple(table)
-    for name in names:
-        if name not in table:
-            raise ConfigError(f"--variants: unknown variant '{name}'{suggest(name, table)}; "
-                              f"variants: {', '.join(table)} (or all)")
-    if not names:
-        raise ConfigError("--variants: name at least one variant, e.g. --variants baseline,no-stopgrad")
-    return names
+    return parse_names(text, tuple(table), flag="--variants", kind="variant",
+                       example="baseline,no-stopgrad", extra=" (or all)")
 
 
 def split_sets(sets: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -204,13 +198,13 @@ def submit_array(plan: AblationPlan, new: list[Member], retry: list[Member]) -> 
     """New and retried runs as ONE submitit job array; each run's ledger gets its task id."""
     from nepactl.cluster import make_executor
     from nepactl.job import TrainJob
-    from nepactl.submit import _fill, check_data
+    from nepactl.submit import check_data, fill_run_dir
 
     dirs = []
     for member in new:
         check_data(member.rendered)
         dirs.append(runs.create_run(plan.root, member.name,
-                                    lambda d, m=member: _fill(d, m.rendered, "pretrain", "tiny")))
+                                    lambda d, m=member: fill_run_dir(d, m.rendered, "pretrain", "tiny")))
     dirs += [plan.root / m.name for m in retry]
     array_dir = plan.summary_dir / "arrays" / time.strftime("%Y%m%d-%H%M%S")
     array_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict
+from nepa.config import ConfigError, check_keys, deep_merge, from_dict, parse_names, to_dict
 from nepactl import runs
 from nepactl.cluster import ClusterConfig
 from nepactl.errors import CliError
@@ -47,14 +47,7 @@ class EvalPlan:
 def parse_tasks(text: str) -> tuple[str, ...]:
     from nepa.evals.spec import TASKS
 
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
-    for task in tasks:
-        if task not in TASKS:
-            raise ConfigError(f"--tasks: unknown task '{task}'{suggest(task, TASKS)}; "
-                              f"tasks: {', '.join(TASKS)}")
-    if not tasks:
-        raise ConfigError("--tasks: name at least one task, e.g. --tasks linprobe")
-    return tasks
+    return parse_names(text, TASKS, flag="--tasks", kind="task", example="linprobe")
 
 
 def size_of(model_cfg: Any) -> str:

@@ -34,7 +34,7 @@ def check_data(rendered: Rendered) -> None:
     check_dataset(rendered.run.data)
 
 
-def _fill(staging: Path, rendered: Rendered, task: str, size: str) -> None:
+def fill_run_dir(staging: Path, rendered: Rendered, task: str, size: str) -> None:
     from nepa.runconfig import write_run_config
 
     write_run_config(staging, rendered.run)
@@ -120,7 +120,7 @@ def submit_job(run_dir: Path, *, attempt_cause: str, dependency: str | None = No
 def submit_new(rendered: Rendered, root: Path, *, task: str, size: str) -> Submission:
     """Create the run directory and submit; on any failure nothing is left behind."""
     check_data(rendered)
-    run_dir = runs.create_run(root, rendered.run.name, lambda d: _fill(d, rendered, task, size))
+    run_dir = runs.create_run(root, rendered.run.name, lambda d: fill_run_dir(d, rendered, task, size))
     try:
         return submit_job(run_dir, attempt_cause="new run")
     except BaseException:
