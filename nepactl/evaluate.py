@@ -89,12 +89,15 @@ def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | No
     return str(run_dir / "checkpoints" / CheckpointManager.name(newest)), f"step{newest}", None
 
 
-def _eval_cluster(profile: str, sets: tuple[str, ...], templates: Path) -> ClusterConfig:
-    """The cluster profile for evaluation jobs: one process on one node (one GPU if any)."""
-    layer = read_yaml(cluster_profile_path(profile, templates)).get("cluster", {})
-    for assignment in sets:
-        layer = deep_merge(layer, parse_set(assignment).get("cluster", {}))
-    cluster = from_dict(ClusterConfig, layer, path="cluster")
+def _eval_cluster(profile: str | ClusterConfig, sets: tuple[str, ...], templates: Path) -> ClusterConfig:
+    """The cluster profile (or a resolved one) for evaluation jobs: one process, one GPU if any."""
+    if isinstance(profile, ClusterConfig):
+        cluster = profile
+    else:
+        layer = read_yaml(cluster_profile_path(profile, templates)).get("cluster", {})
+        for assignment in sets:
+            layer = deep_merge(layer, parse_set(assignment).get("cluster", {}))
+        cluster = from_dict(ClusterConfig, layer, path="cluster")
     return replace(cluster, tasks_per_node=1, gpus_per_node=min(cluster.gpus_per_node, 1))
 
 
@@ -156,8 +159,32 @@ def _state_of(eval_dir: Path) -> str:
     return "running" if row.state in ACTIVE else "resume"
 
 
+def _covered_by_final(target: Path, task: str, label: str, seed: int) -> str | None:
+    """'done'/'running' when the run's chained final evaluation is this checkpoint's.
+
+    A final evaluation reads the newest checkpoint when it starts: done, its result names
+    the step; running after the run completed, it is the newest step's.
+    """
+    from nepa.checkpoint import run_checkpoints
+    from nepa.evals.results import RESULT_FILE
+
+    final = target / EVALS_DIR / eval_name(task, "final", seed, False)
+    if not label.startswith("step") or not final.is_dir():
+        return None
+    step = int(label[4:])
+    state = _state_of(final)
+    if state == "done":
+        result = runs.read_json(final / RESULT_FILE) or {}
+        return "done" if (result.get("checkpoint") or {}).get("step") == step else None
+    if state != "running" or (runs.read_json(target / "outcome.json") or {}).get("status") != "COMPLETED":
+        return None  # while the run goes on, its newest checkpoint is not its last
+    newest = max((int(p.stem.split("_")[1]) for p in run_checkpoints(target)), default=None)
+    return "running" if step == newest else None
+
+
 def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple[str, ...],
-               step: int | None, seeds: tuple[int, ...], random_init: bool, cluster: str,
+               step: int | None, seeds: tuple[int, ...], random_init: bool,
+               cluster: str | ClusterConfig,
                files: tuple[Path, ...] = (), sets: tuple[str, ...] = (), name: str | None = None,
                templates: Path = TEMPLATES) -> EvalPlan:
     """What `nepactl eval` would do, without creating anything."""
@@ -190,6 +217,8 @@ def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple
                                    run_data=run_data, files=files, sets=sets, templates=templates)
         dir_name = eval_name(task, label, seed, random)
         state = _state_of(target / EVALS_DIR / dir_name)
+        if state == "new" and not random:
+            state = _covered_by_final(target, task, label, seed) or state
         action = {"new": "submit", "resume": "resume", "done": "skip (done)",
                   "running": "skip (running)"}[state]
         planned.append(PlannedEval(dir_name, spec, action, dependency, tuple(layers)))

@@ -101,11 +101,18 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         from nepa.runconfig import load_run_config
         from nepa.train import EXIT_CODES, RunStatus, Trainer
+        from nepactl.chain import milestone_callback, read_chain, submit_from_job
 
         run_dir = Path(self.run_dir)
         env = _start_attempt(run_dir)
         submitit_handler = _submitit_handler()
-        trainer = Trainer(load_run_config(run_dir), run_dir)
+        chain = read_chain(run_dir)
+        # On SLURM the final evaluations were submitted with the run (afterok); elsewhere the
+        # job submits them when it completes.
+        on_slurm = (runs.read_json(run_dir / runs.RUN_INFO) or {}).get("executor") == "slurm"
+        callbacks = [milestone_callback(run_dir, chain, final_chained=chain.on_complete and on_slurm)] \
+            if chain and chain.at_steps else []
+        trainer = Trainer(load_run_config(run_dir), run_dir, callbacks=callbacks)
         received = _install_stop_handlers(trainer.request_stop)
         result = trainer.fit()
         # The run is saved or finished: a warning signal or SIGTERM arriving from here on has
@@ -122,6 +129,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         if env.global_rank == 0:
             runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status=result.status.value,
                                step=result.step, exit_code=EXIT_CODES[result.status])
+            if chain and chain.on_complete and not on_slurm and result.status is RunStatus.COMPLETED:
+                submit_from_job(run_dir, chain, result.step, why="on completion")
         if EXIT_CODES[result.status]:
             log.error("run ended %s at step %d", result.status.value, result.step)
             sys.exit(EXIT_CODES[result.status])
@@ -218,7 +227,9 @@ def was_cancelled(run_dir: Path) -> bool:
                              timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "JobState=CANCELLED" in out
+    # A plain scancel shows the running job as COMPLETING (not CANCELLED) while it handles
+    # SIGTERM; a preempted one stays RUNNING through its GraceTime, with a PreemptTime.
+    return "JobState=CANCELLED" in out or ("JobState=COMPLETING" in out and "PreemptTime=None" in out)
 
 
 def requeue_limit_reached(run_dir: Path, cause: str) -> str | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict, unknown_key
+from nepactl.chain import EvalChainConfig
 from nepactl.cluster import ClusterConfig
 
 TEMPLATES = Path(os.environ.get("NEPA_TEMPLATES", Path(__file__).resolve().parents[1] / "templates"))
@@ -26,10 +27,11 @@ class Rendered:
     cluster: ClusterConfig
     derived: dict[str, Any]
     layers: list[str]
+    chain: EvalChainConfig = field(default_factory=EvalChainConfig)
 
     def spec(self) -> dict[str, Any]:
         """The resolved document, as written into the run directory."""
-        return {**to_dict(self.run), "cluster": to_dict(self.cluster)}
+        return {**to_dict(self.run), "cluster": to_dict(self.cluster), "evals": to_dict(self.chain)}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def _check_layer(data: dict, source: str) -> None:
 
     from nepa.runconfig import RunConfig
 
-    sections = {**get_type_hints(RunConfig), "cluster": ClusterConfig}
+    sections = {**get_type_hints(RunConfig), "cluster": ClusterConfig, "evals": EvalChainConfig}
     for section, value in data.items():
         if section not in sections:
             raise unknown_key(section, section, sections, source)
@@ -96,7 +98,8 @@ def parse_set(assignment: str) -> dict[str, Any]:
 
 def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: tuple[Path, ...] = (),
            sets: tuple[str, ...] = (), nodes: int | None = None, gpus_per_node: int | None = None,
-           name: str | None = None, templates: Path = TEMPLATES) -> Rendered:
+           name: str | None = None, evals: tuple[str, ...] | None = None,
+           templates: Path = TEMPLATES) -> Rendered:
     """Resolve the precedence chain into a validated RunConfig + ClusterConfig."""
     from nepa.model import SIZES, resolve_size
     from nepa.runconfig import RunConfig
@@ -123,6 +126,8 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
         flags["cluster"] = {"gpus_per_node": gpus_per_node, "tasks_per_node": max(1, gpus_per_node)}
     if name is not None:
         flags["name"] = name
+    if evals is not None:
+        flags["evals"] = {"tasks": list(evals)}
     if flags:
         layers.append(("command-line flags", flags))
 
@@ -131,13 +136,17 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
         _check_layer(layer, source)
         merged = deep_merge(merged, layer)
     cluster_cfg = from_dict(ClusterConfig, merged.pop("cluster", {}), path="cluster")
+    chain = from_dict(EvalChainConfig, merged.pop("evals", {}), path="evals")
+    if chain.at_steps:  # milestone checkpoints are written and kept for their evaluations
+        checkpoint = merged.setdefault("checkpoint", {})
+        checkpoint["keep_steps"] = sorted({*checkpoint.get("keep_steps", ()), *chain.at_steps})
     merged.setdefault("train", {})["procs_per_node"] = cluster_cfg.tasks_per_node
     merged["name"] = merged.get("name") or f"{task}-{canonical}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = merged.get("data", {}).get("path")
     if isinstance(path, str) and "://" not in path and not path.startswith("pipe:"):
         merged["data"]["path"] = os.path.abspath(os.path.expanduser(path))  # jobs run elsewhere
     run = from_dict(RunConfig, merged)
-    return Rendered(run, cluster_cfg, derive(run), [source for source, _ in layers])
+    return Rendered(run, cluster_cfg, derive(run), [source for source, _ in layers], chain)
 
 
 def derive(run) -> dict[str, Any]:

@@ -118,6 +118,17 @@ def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
     return events
 
 
+def submitted_jobs(run_dir: Path) -> list[tuple[str, str]]:
+    """(job id, executor) of every job the run submitted, its own and its evaluations', in order."""
+    seen, ids = set(), []
+    for event in read_ledger(run_dir):
+        job = event.get("job_id")
+        if event["event"] in ("submit", "eval_submit") and job and job not in seen:
+            seen.add(job)
+            ids.append((job, event.get("executor", "local")))
+    return ids
+
+
 def own_job_id(ledger: list[dict[str, Any]]) -> str:
     """The newest job id of the run's own job (not of the evaluations it launched)."""
     return next((e["job_id"] for e in reversed(ledger) if e.get("job_id") and e["event"] != "eval_submit"), "")

@@ -46,7 +46,25 @@ def fill_run_dir(staging: Path, rendered: Rendered, task: str, size: str) -> Non
         "executor": rendered.cluster.resolved_executor(), "created": time.time(),
         "max_steps": train.max_steps, "derived": rendered.derived, "layers": rendered.layers,
     })
+    if rendered.chain.active:
+        from nepactl.chain import write_chain
+
+        write_chain(staging, rendered.chain)
     runs.snapshot_code(staging / "code")
+
+
+@contextlib.contextmanager
+def _job_free_environment():
+    """Submitting from inside a job (chained evaluations): the new job must not inherit this
+    job's SLURM_* and SUBMITIT_* variables (sbatch reads some, e.g. conflicting memory flags)."""
+    inherited = {k: v for k, v in os.environ.items()
+                 if (k.startswith("SLURM_") and k != "SLURM_CONF") or k.startswith("SUBMITIT_")}
+    for key in inherited:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(inherited)
 
 
 @contextlib.contextmanager
@@ -99,7 +117,7 @@ def submit_job(run_dir: Path, *, attempt_cause: str, dependency: str | None = No
             os.chdir(run_dir)
         # submitit prints sbatch's stderr before raising; the error below says it in one line.
         quiet = _quiet_children() if kind == "local" else contextlib.redirect_stderr(io.StringIO())
-        with quiet:
+        with quiet, _job_free_environment():
             job = executor.submit(job_class(run_dir.resolve()))
     except Exception as exc:
         message = str(exc).strip().splitlines()
@@ -119,13 +137,57 @@ def submit_job(run_dir: Path, *, attempt_cause: str, dependency: str | None = No
 
 def submit_new(rendered: Rendered, root: Path, *, task: str, size: str) -> Submission:
     """Create the run directory and submit; on any failure nothing is left behind."""
+    from nepactl import chain
+
     check_data(rendered)
+    if rendered.chain.active:
+        chain.validate(rendered.chain, rendered, size)
     run_dir = runs.create_run(root, rendered.run.name, lambda d: fill_run_dir(d, rendered, task, size))
+    submission = None
     try:
-        return submit_job(run_dir, attempt_cause="new run")
+        submission = submit_job(run_dir, attempt_cause="new run")
+        if rendered.chain.active and rendered.chain.on_complete and submission.executor == "slurm":
+            chain.submit_chained(run_dir, rendered.chain, None, why="on completion (afterok)")
+        return submission
     except BaseException:
+        if submission is not None:  # all or nothing: the run's job goes with its evaluations
+            with contextlib.suppress(Exception):
+                cancel_jobs(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def cancel_jobs(run_dir: Path) -> list[str]:
+    """scancel / stop every job the run submitted (its own and its evaluations')."""
+    import subprocess
+
+    jobs = runs.submitted_jobs(run_dir)
+    slurm = [job for job, kind in jobs if kind == "slurm"]
+    if slurm:
+        done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise CliError(f"scancel failed: {done.stderr.strip()}; try scancel {' '.join(slurm)}")
+    for job, kind in jobs:
+        if kind == "local":
+            _stop_local(job)
+    return [job for job, _ in jobs]
+
+
+def _stop_local(job_id: str) -> bool:
+    import signal
+
+    import psutil
+
+    try:
+        controller = psutil.Process(int(job_id))
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+    family = [controller, *controller.children(recursive=True)]
+    controller.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for proc in alive:
+        proc.kill()
+    return True
 
 
 def dry_run_script(rendered: Rendered, root: Path) -> str | None:

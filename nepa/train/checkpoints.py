@@ -27,7 +27,7 @@ class CheckpointManager:
         return f"step_{step:08d}.pt"
 
     def due(self, step: int) -> bool:
-        return step % self.cfg.every_steps == 0
+        return step % self.cfg.every_steps == 0 or step in self.cfg.keep_steps
 
     def save(self, step: int, payload: dict[str, Any]) -> Path:
         """Write atomically, update `latest`, apply retention. Rank 0 only."""
@@ -58,7 +58,7 @@ class CheckpointManager:
 
     def _apply_retention(self) -> None:
         steps = self.steps()
-        keep = set(steps[-self.cfg.keep_last:]) | self.protected()
+        keep = set(steps[-self.cfg.keep_last:]) | self.protected() | set(self.cfg.keep_steps)
         if self.cfg.milestone_every:
             keep |= {s for s in steps if s % self.cfg.milestone_every == 0}
         for step in steps:

@@ -52,6 +52,7 @@ class CheckpointConfig:
     every_steps: int = 1000  # also written on stop requests and at the end
     keep_last: int = 2  # newest K regular checkpoints
     milestone_every: int | None = None  # steps; milestones are never deleted
+    keep_steps: tuple[int, ...] = ()  # also written at these steps and never deleted (evaluations)
     min_free_factor: float = 1.5  # refuse to write unless free disk >= factor x checkpoint size
 
     def __post_init__(self) -> None:
@@ -59,6 +60,8 @@ class CheckpointConfig:
         check(self.keep_last >= 1, "checkpoint.keep_last", "must keep at least 1")
         check(self.milestone_every is None or self.milestone_every >= 1,
               "checkpoint.milestone_every", "must be >= 1 or null")
+        check(all(step >= 1 for step in self.keep_steps), "checkpoint.keep_steps",
+              "steps must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)

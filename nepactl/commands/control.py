@@ -71,61 +71,24 @@ def logs(run: RunName,
                     sizes[p] = size
 
 
-def _job_ids(run_dir: Path) -> list[tuple[str, str]]:
-    from nepactl.runs import read_ledger
-
-    seen, ids = set(), []
-    for event in read_ledger(run_dir):
-        job = event.get("job_id")
-        if event["event"] in ("submit", "eval_submit") and job and job not in seen:
-            seen.add(job)
-            ids.append((job, event.get("executor", "local")))
-    return ids
-
-
-def _cancel_local(job_id: str) -> bool:
-    import signal
-
-    import psutil
-
-    try:
-        controller = psutil.Process(int(job_id))
-    except (psutil.NoSuchProcess, ValueError):
-        return False
-    family = [controller, *controller.children(recursive=True)]
-    controller.send_signal(signal.SIGINT)
-    _, alive = psutil.wait_procs(family, timeout=5)
-    for proc in alive:
-        proc.kill()
-    return True
-
-
 @handled
 def cancel(run: RunName, runs_root: RunsRoot = None) -> None:
     """Cancel a run's job and its pending dependent evaluation jobs.
 
     Example: nepactl cancel my-run
     """
-    import subprocess
-
-    from nepactl.runs import append_ledger, find_run
+    from nepactl.runs import append_ledger, find_run, submitted_jobs
     from nepactl.runs import runs_root as resolve_root
+    from nepactl.submit import cancel_jobs
 
     run_dir = find_run(resolve_root(runs_root), run)
-    jobs = _job_ids(run_dir)
+    jobs = submitted_jobs(run_dir)
     if not jobs:
         raise CliError(f"'{run}' has no submitted job to cancel")
     # Recorded first: a job saving on scancel's SIGTERM reads it and does not requeue itself.
     append_ledger(run_dir, "cancel", job_ids=[job for job, _ in jobs])
-    slurm = [job for job, kind in jobs if kind == "slurm"]
-    if slurm:
-        done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=30)
-        if done.returncode != 0:
-            raise CliError(f"scancel failed: {done.stderr.strip()}; try scancel {' '.join(slurm)}")
-    for job, kind in jobs:
-        if kind == "local":
-            _cancel_local(job)
-    console.out.print(f"cancelled {run}: jobs {', '.join(job for job, _ in jobs)}")
+    cancelled = cancel_jobs(run_dir)
+    console.out.print(f"cancelled {run}: jobs {', '.join(cancelled)}")
 
 
 @handled
@@ -134,6 +97,7 @@ def resume(run: RunName, runs_root: RunsRoot = None) -> None:
 
     Example: nepactl resume my-run
     """
+    from nepactl.chain import read_chain, rechain
     from nepactl.runs import find_run
     from nepactl.runs import runs_root as resolve_root
     from nepactl.status import collect
@@ -148,3 +112,8 @@ def resume(run: RunName, runs_root: RunsRoot = None) -> None:
         raise CliError(f"'{run}' is COMPLETED; raise train.max_steps in a new run instead")
     submission = submit_job(run_dir, attempt_cause="resume")
     console.out.print(f"{run}\t{submission.executor} job {submission.job_id}")
+    chained = read_chain(run_dir)
+    if chained and chained.on_complete and submission.executor == "slurm":
+        moved = rechain(run_dir, submission.job_id)
+        if moved:
+            console.hint(f"final evaluations now wait for job {submission.job_id}: jobs {', '.join(moved)}")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from nepactl import console
 from nepactl.commands.options import (
     Cluster,
@@ -16,12 +20,22 @@ from nepactl.commands.options import (
 )
 from nepactl.errors import handled
 
+ChainedEvals = Annotated[str | None, typer.Option(
+    "--evals", help="Evaluations to chain when the run completes (afterok on SLURM), e.g. "
+                    "linprobe,finetune,ade20k; milestones: --set evals.at_steps=[50000,100000].")]
 
-def _render(size, nodes, gpus_per_node, cluster, name, config, sets):
+
+def _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals=None):
     from nepactl.render import render
 
+    tasks = None
+    if evals is not None:
+        from nepactl.evaluate import parse_tasks
+
+        tasks = parse_tasks(evals)
     return render(size=size, task="pretrain", cluster=cluster, files=tuple(config or ()),
-                  sets=tuple(sets or ()), nodes=nodes, gpus_per_node=gpus_per_node, name=name)
+                  sets=tuple(sets or ()), nodes=nodes, gpus_per_node=gpus_per_node, name=name,
+                  evals=tasks)
 
 
 def _print_rendered(rendered, root) -> None:
@@ -43,21 +57,26 @@ def _print_rendered(rendered, root) -> None:
 @handled
 def pretrain(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNode = None,
              cluster: Cluster = "auto", name: Name = None, config: ConfigFiles = None,
-             sets: Sets = None, dry_run: DryRun = False, runs_root: RunsRoot = None) -> None:
-    """Render, validate, create the run and submit its pretraining job.
+             sets: Sets = None, evals: ChainedEvals = None, dry_run: DryRun = False,
+             runs_root: RunsRoot = None) -> None:
+    """Render, validate, create the run and submit its pretraining job (and chained evaluations).
 
-    Example: nepactl pretrain --size L --nodes 8 --cluster my-cluster.yaml
+    Example: nepactl pretrain --size L --nodes 8 --cluster my-cluster.yaml --evals finetune,linprobe
     """
     from nepactl.runs import runs_root as resolve_root
     from nepactl.submit import submit_new
 
     root = resolve_root(runs_root)
-    rendered = _render(size, nodes, gpus_per_node, cluster, name, config, sets)
+    rendered = _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals)
     if dry_run:
         _print_rendered(rendered, root)
         return
     submission = submit_new(rendered, root, task="pretrain", size=size)
     console.out.print(f"{rendered.run.name}\t{submission.executor} job {submission.job_id}")
+    chained = rendered.chain
+    if chained.active:
+        when = ", ".join([f"step {s}" for s in chained.at_steps] + (["completion"] if chained.on_complete else []))
+        console.hint(f"chained evaluations ({', '.join(chained.tasks)}) at {when}")
     console.hint(f"run directory {submission.run_dir}; follow it with: nepactl status {rendered.run.name}")
 
 

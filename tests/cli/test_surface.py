@@ -10,8 +10,8 @@ from nepactl.app import app
 from nepactl.commands.control import split_attempts
 
 SURFACE = {
-    "pretrain": ["--cluster", "--config", "--dry-run", "--gpus-per-node", "--name", "--nodes",
-                 "--runs-root", "--set", "--size"],
+    "pretrain": ["--cluster", "--config", "--dry-run", "--evals", "--gpus-per-node", "--name",
+                 "--nodes", "--runs-root", "--set", "--size"],
     "render": ["--cluster", "--config", "--gpus-per-node", "--name", "--nodes", "--runs-root",
                "--set", "--size"],
     "status": ["--json", "--runs-root", "--watch", "RUN"],

@@ -386,3 +386,55 @@ def test_a_job_slurm_refuses_is_one_error_line_and_leaves_nothing(
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: slurm refused the job") and "partition" in lines[0], lines
     assert not root.exists() or list(root.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ 9. chained evals
+
+
+def test_chained_evaluations_wait_for_the_run_follow_a_resume_and_run_at_milestones(
+        slurm_cluster, monkeypatch, tmp_path):
+    slurm_cluster.activate(monkeypatch)
+    root, profile = tmp_path / "runs", _profile(tmp_path)
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(yaml.safe_dump({"evals": {"at_steps": [5], "sets": [
+        "linprobe.epochs=3", "linprobe.lr_grid=[0.1]", "linprobe.blocks=[0]"]}}))
+    first = _pretrain(root, "chain", profile, 100_000, 1000, "--evals", "linprobe", "--config", str(chain))
+    run = root / "chain"
+    (final,) = [e["job_id"] for e in _ledger(run) if e["event"] == "eval_submit"]
+    info = slurm_cluster.scontrol_show_job(final)
+    assert info["JobState"] == "PENDING" and f"afterok:{first}" in info.get("Dependency", ""), info
+
+    # the job itself submits the milestone's evaluation once step 5 is saved
+    milestone = run / "evals" / "linprobe-step5-seed0"
+    _wait(root, "chain", lambda r: r["state"] == "RUNNING" and r["step"] >= 6, timeout=90)
+    wait_for(lambda: (milestone / "run.json").is_file(), 30, lambda: f"no milestone eval: {_ledger(run)}")
+
+    # a plain scancel fails the dependency; resume points the final evaluation at the new job
+    slurm_cluster.run("scancel", first)
+    assert slurm_cluster.wait_state(first, ["CANCELLED"]) == "CANCELLED"
+    _wait(root, "chain", lambda r: r["state"] == "CANCELLED", timeout=60)
+    step = _status(root, "chain")["step"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["max_steps"] = step + 4
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    resumed = runner.invoke(app, ["resume", "chain", "--runs-root", str(root)])
+    assert resumed.exit_code == 0, resumed.output
+    second = [e for e in _ledger(run) if e["event"] == "submit"][-1]["job_id"]
+    assert f"final evaluations now wait for job {second}" in resumed.output, resumed.output
+    assert slurm_cluster.wait_state(final, ["CANCELLED"]) == "CANCELLED"
+    moved = [e["job_id"] for e in _ledger(run) if e["event"] == "eval_submit"][-1]
+    assert f"afterok:{second}" in slurm_cluster.scontrol_show_job(moved).get("Dependency", "")
+
+    _wait_completed(root, "chain", timeout=120)
+    results = {name: run / "evals" / name / "result.json"
+               for name in ("linprobe-step5-seed0", "linprobe-final-seed0")}
+    wait_for(lambda: all(p.is_file() for p in results.values()), 150,
+             lambda: f"results missing: {[n for n, p in results.items() if not p.is_file()]}; "
+                     f"ledger {_ledger(run)}")
+    steps = {n: json.loads(p.read_text())["checkpoint"]["step"] for n, p in results.items()}
+    assert steps == {"linprobe-step5-seed0": 5, "linprobe-final-seed0": step + 4}
+    # the final evaluation is the newest checkpoint's: nepactl eval does not repeat it
+    again = runner.invoke(app, ["eval", "chain", "--tasks", "linprobe", "--cluster", str(profile),
+                                "--runs-root", str(root), "--set", "linprobe.epochs=3",
+                                "--set", "linprobe.lr_grid=[0.1]", "--set", "linprobe.blocks=[0]"])
+    assert again.exit_code == 0 and "skip (done)" in again.output, again.output

@@ -71,6 +71,14 @@ def test_retention_keeps_last_k_milestones_and_protected(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000007.pt"
 
 
+def test_keep_steps_are_due_and_never_deleted(tmp_path):
+    manager = CheckpointManager(tmp_path, CheckpointConfig(every_steps=10, keep_last=1, keep_steps=(3,)))
+    assert [s for s in range(1, 21) if manager.due(s)] == [3, 10, 20]
+    for step in (3, 10, 20):
+        manager.save(step, {"x": torch.zeros(1)})
+    assert manager.steps() == [3, 20]
+
+
 def test_checkpoint_refused_when_disk_is_too_full(tmp_path, monkeypatch):
     manager = CheckpointManager(tmp_path, CheckpointConfig(every_steps=1))
     manager.save(1, {"x": torch.zeros(1000)})
