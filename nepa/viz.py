@@ -121,6 +121,18 @@ def patch_grid(model: NepaViT, images: torch.Tensor) -> tuple[int, int]:
     return images.shape[-2] // p, images.shape[-1] // p
 
 
+def raster_positions(model: NepaViT, grid: tuple[int, int]) -> torch.Tensor:
+    """Sequence position (CLS counted) of each patch in raster order, for any patch order.
+
+    Queries are chosen and maps are drawn on the grid; a model reading the patches in
+    another order (cfg.patch_order) holds raster patch j at position prefix + k, order[k] = j.
+    """
+    order = model.token_order(grid)
+    positions = torch.empty_like(order)
+    positions[order] = torch.arange(order.numel())
+    return model.num_prefix_tokens + positions
+
+
 def attention_probs(model: NepaViT, images: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
     """Full attention probabilities (L, B, H, N, N) of the chosen blocks, N = 1 + patches."""
     layers = check_layers(model, layers)
@@ -149,9 +161,9 @@ def attention_maps(model: NepaViT, images: torch.Tensor, layers: Sequence[int],
     """
     grid = patch_grid(model, images)
     queries = check_queries(grid, queries)
-    probs = attention_probs(model, images, layers)  # (L, B, H, N, N)
-    prefix = model.num_prefix_tokens
-    rows = probs[..., [prefix + q for q in queries], prefix:]  # (L, B, H, Q, T)
+    probs = attention_probs(model, images, layers)  # (L, B, H, N, N), the model's order
+    positions = raster_positions(model, grid).to(probs.device)
+    rows = probs[..., positions[queries], :][..., positions]  # (L, B, H, Q, T), raster keys
     return rows.reshape(*rows.shape[:-1], *grid)  # (L, B, H, Q, Hp, Wp)
 
 
@@ -166,9 +178,9 @@ def next_embedding_similarity(model: NepaViT, images: torch.Tensor,
     queries = check_queries(grid, queries)
     with _eval_mode(model):
         inputs, outputs = model.forward_pretrain(images)  # (B, N, D) each
-    prefix = model.num_prefix_tokens
-    predictions = outputs[:, [prefix + q for q in queries]].float()  # (B, Q, D)
-    targets = inputs[:, prefix:].float()  # (B, T, D)
+    positions = raster_positions(model, grid).to(outputs.device)
+    predictions = outputs[:, positions[queries]].float()  # (B, Q, D)
+    targets = inputs[:, positions].float()  # (B, T, D), raster order
     cosine = F.cosine_similarity(predictions[:, :, None], targets[:, None], dim=-1)  # (B, Q, T)
     return cosine.reshape(*cosine.shape[:2], *grid)  # (B, Q, Hp, Wp)
 

@@ -77,6 +77,30 @@ def test_rows_sum_to_one_and_causal_queries_never_see_later_patches(causal):
             assert torch.all(flat[..., qi, :] > 0)
 
 
+@pytest.mark.parametrize("order", ["hilbert", "spiral", "random"])
+def test_maps_of_other_patch_orders_are_drawn_on_the_grid(order):
+    from nepa.patch_order import patch_order
+
+    model = _tiny(True, patch_order=order, patch_order_seed=3)
+    images = _images(model)
+    read = patch_order(order, 8, 8, seed=3)  # read[k]: the raster patch read k-th
+    queries = [read[0], read[20], read[63]]
+    flat = viz.attention_maps(model, images, [-1], queries).flatten(-2)  # (1, B, H, Q, 64)
+    for qi, q in enumerate(queries):
+        seen = read[:read.index(q) + 1]  # a causal query attends to what was read up to it
+        unseen = sorted(set(range(64)) - set(seen))
+        assert torch.all(flat[..., qi, seen] > 0) and torch.all(flat[..., qi, unseen] == 0)
+    # a bidirectional model sees every patch whatever the order: the same maps as in raster
+    # order (RoPE follows the grid), only the query is looked up by grid position
+    twisted = _tiny(False, patch_order=order, patch_order_seed=3)
+    plain = _tiny(False)
+    plain.load_state_dict(twisted.state_dict())
+    torch.testing.assert_close(viz.attention_maps(twisted, images, [0, -1], queries),
+                               viz.attention_maps(plain, images, [0, -1], queries), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(viz.next_embedding_similarity(twisted, images, queries),
+                               viz.next_embedding_similarity(plain, images, queries), atol=1e-5, rtol=1e-4)
+
+
 def test_maps_use_eval_mode_and_restore_the_callers_mode():
     model = _tiny(True)  # rope_rescale 2.0: training mode would rescale coordinates at random
     images = _images(model)
