@@ -222,10 +222,14 @@ def submit_array(plan: AblationPlan, new: list[Member], retry: list[Member]) -> 
             shutil.rmtree(plan.root / member.name, ignore_errors=True)
         raise CliError(f"{plan.executor} refused the job array: {str(exc).strip().splitlines()[-1:]}; "
                        "check the cluster profile with nepactl doctor") from None
+    from nepactl.chain import rechain
+
     retried = {plan.root / m.name for m in retry}
     for run_dir, job in zip(dirs, jobs):
         runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=plan.executor,
                            cause="retry-failed" if run_dir in retried else "new run", array=str(array_dir))
+        if run_dir in retried:  # its evaluations waited for the failed job: now for this one
+            rechain(run_dir, str(job.job_id))
     console.hint(f"submitted {len(jobs)} pretraining run(s) as one job array ({jobs[0].job_id.split('_')[0]})")
     return [str(j.job_id) for j in jobs]
 

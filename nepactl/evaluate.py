@@ -89,15 +89,23 @@ def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | No
     return str(run_dir / "checkpoints" / CheckpointManager.name(newest)), f"step{newest}", None
 
 
+DISTRIBUTED_TASKS = ("finetune",)  # the others run one process (one GPU if any)
+
+
 def _eval_cluster(profile: str | ClusterConfig, sets: tuple[str, ...], templates: Path) -> ClusterConfig:
-    """The cluster profile (or a resolved one) for evaluation jobs: one process, one GPU if any."""
+    """The cluster profile (or a resolved one) of evaluation jobs: one node."""
     if isinstance(profile, ClusterConfig):
-        cluster = profile
-    else:
-        layer = read_yaml(cluster_profile_path(profile, templates)).get("cluster", {})
-        for assignment in sets:
-            layer = deep_merge(layer, parse_set(assignment).get("cluster", {}))
-        cluster = from_dict(ClusterConfig, layer, path="cluster")
+        return profile
+    layer = read_yaml(cluster_profile_path(profile, templates)).get("cluster", {})
+    for assignment in sets:
+        layer = deep_merge(layer, parse_set(assignment).get("cluster", {}))
+    return from_dict(ClusterConfig, layer, path="cluster")
+
+
+def task_cluster(cluster: ClusterConfig, task: str) -> ClusterConfig:
+    """Fine-tuning uses the node's processes (one per GPU, DDP); other tasks one process."""
+    if task in DISTRIBUTED_TASKS:
+        return cluster
     return replace(cluster, tasks_per_node=1, gpus_per_node=min(cluster.gpus_per_node, 1))
 
 
@@ -215,6 +223,14 @@ def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple
     for task, seed, random in combos:
         spec, layers = render_spec(task=task, size=size, weights=path, seed=seed, random_init=random,
                                    run_data=run_data, files=files, sets=sets, templates=templates)
+        if task == "finetune":  # its batch must split over the job's processes, checked now
+            from nepa.data.sampler import accumulation
+
+            try:
+                accumulation(spec.finetune.global_batch, spec.finetune.micro_batch,
+                             cluster_cfg.tasks_per_node)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace("train.", "finetune.")) from None
         dir_name = eval_name(task, label, seed, random)
         state = _state_of(target / EVALS_DIR / dir_name)
         if state == "new" and not random:
@@ -231,7 +247,7 @@ def _ensure_target(plan: EvalPlan, weights: str) -> None:
         return
     runs.create_run(plan.target.parent, plan.target.name, lambda d: runs.write_json(d / runs.RUN_INFO, {
         "name": plan.target.name, "task": "eval", "size": plan.size, "nodes": 1,
-        "procs_per_node": 1, "gpus_per_node": plan.cluster.gpus_per_node,
+        "procs_per_node": plan.cluster.tasks_per_node, "gpus_per_node": plan.cluster.gpus_per_node,
         "executor": plan.cluster.resolved_executor(), "created": time.time(), "weights": weights}))
 
 
@@ -239,11 +255,12 @@ def _fill_eval(staging: Path, plan: EvalPlan, planned: PlannedEval) -> None:
     from nepa.evals.spec import SPEC_FILE, dump_spec
 
     (staging / SPEC_FILE).write_text(dump_spec(planned.spec))
-    (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(plan.cluster), sort_keys=False))
+    cluster = task_cluster(plan.cluster, planned.spec.task)
+    (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(cluster), sort_keys=False))
     runs.write_json(staging / runs.RUN_INFO, {
         "name": planned.name, "run": plan.target.name, "task": planned.spec.task, "size": plan.size,
-        "nodes": 1, "procs_per_node": 1, "gpus_per_node": plan.cluster.gpus_per_node,
-        "executor": plan.cluster.resolved_executor(), "created": time.time(), "max_steps": None,
+        "nodes": 1, "procs_per_node": cluster.tasks_per_node, "gpus_per_node": cluster.gpus_per_node,
+        "executor": cluster.resolved_executor(), "created": time.time(), "max_steps": None,
         "seed": planned.spec.seed, "layers": list(planned.layers), "kind": "eval"})
     runs.snapshot_code(staging / "code")
 

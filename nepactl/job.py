@@ -155,7 +155,7 @@ class EvalJob(submitit.helpers.Checkpointable):
         env = _start_attempt(eval_dir)
         submitit_handler = _submitit_handler()
         spec = load_spec(eval_dir)
-        control = EvalControl(progress=_ProgressFile(eval_dir / PROGRESS_FILE))
+        control = EvalControl(progress=_ProgressFile(eval_dir / PROGRESS_FILE) if env.global_rank == 0 else None)
         received = _install_stop_handlers(control.request_stop)
         started = time.time()
         try:
@@ -169,7 +169,8 @@ class EvalJob(submitit.helpers.Checkpointable):
         _ignore_stop_signals()
         record = {"status": outcome.status, "step": outcome.step, "total_steps": outcome.total_steps}
         if outcome.status == "STOPPED":
-            runs.write_json(eval_dir / "outcome.json", record)
+            if env.global_rank == 0:
+                runs.write_json(eval_dir / "outcome.json", record)
             _after_stop(eval_dir, env, received, submitit_handler, step=outcome.step,
                         reason=control.stop_reason, save_seconds=None)
             return record

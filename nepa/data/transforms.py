@@ -24,13 +24,14 @@ def pretrain_transform(cfg: DataConfig) -> Callable:
 
 
 def finetune_transform(cfg: DataConfig, *, auto_augment: str | None = "rand-m9-mstd0.5-inc1",
-                       re_prob: float = 0.25, interpolation: str = "bicubic") -> Callable:
+                       re_prob: float = 0.25, interpolation: str = "bicubic",
+                       scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5) -> Callable:
     """timm's fine-tuning recipe: random resized crop + flip, RandAugment, random erasing."""
     from timm.data import create_transform
 
     transform = create_transform(cfg.image_size, is_training=True, auto_augment=auto_augment,
                                  interpolation=interpolation, re_prob=re_prob, re_mode="pixel",
-                                 re_count=1, mean=MEAN, std=STD)
+                                 re_count=1, mean=MEAN, std=STD, scale=scale, hflip=hflip)
     _allow_zero_bit_posterize(transform)
     return transform
 

@@ -85,6 +85,8 @@ class FinetuneConfig:
     mixup_switch_prob: float = 0.5  # chance of CutMix instead of Mixup for a batch
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment; null: off
     re_prob: float = 0.25  # random erasing probability (pixel mode)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (timm's default)
+    hflip: float = 0.5  # horizontal flip probability (0 for data where a mirror changes the class)
     ema: EMAConfig = field(default_factory=EMAConfig)  # best epoch chosen by EMA top-1
     eval_batch: int = 256  # per device
     eval_crop_pct: float = 0.875  # L: 0.95
@@ -117,6 +119,9 @@ class FinetuneConfig:
         check(self.mixup >= 0 and self.cutmix >= 0, "finetune.mixup", "alphas must be >= 0")
         check(0 <= self.mixup_switch_prob <= 1, "finetune.mixup_switch_prob", "must be in [0, 1]")
         check(0 <= self.re_prob <= 1, "finetune.re_prob", "must be in [0, 1]")
+        check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "finetune.crop_scale",
+              "expected [low, high] with 0 < low <= high <= 1")
+        check(0 <= self.hflip <= 1, "finetune.hflip", "must be in [0, 1]")
         check(self.clip_grad is None or self.clip_grad > 0, "finetune.clip_grad", "must be > 0 or null")
         for name in ("max_steps", "epoch_steps"):
             check(getattr(self, name) is None or getattr(self, name) >= 1, f"finetune.{name}",
@@ -212,8 +217,8 @@ class _Finetune:
         val dataset; returns the class names."""
 
         cfg, data, env = self.cfg, self.data, self.env
-        transform = nepa_data.finetune_transform(data, auto_augment=cfg.auto_augment,
-                                                 re_prob=cfg.re_prob)
+        transform = nepa_data.finetune_transform(data, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
+                                                 scale=cfg.crop_scale, hflip=cfg.hflip)
         self.accumulation = accumulation(cfg.global_batch, cfg.micro_batch, env.world_size)
         geometry = dict(global_batch=cfg.global_batch, micro_batch=cfg.micro_batch,
                         rank=env.rank, world_size=env.world_size, seed=cfg.seed)

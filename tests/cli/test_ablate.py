@@ -1,6 +1,6 @@
 """`nepactl ablate`: the variant table, the paper's qualitative findings on real short runs
-(collapse without stop-gradient, pretrained probe beats random init), --retry-failed, the
-SLURM job array, and bad input."""
+(collapse without stop-gradient, pretrained probe beats random init), --retry-failed and bad
+input. The SLURM job array runs on the loopback cluster: tests/slurm/test_nepactl.py."""
 
 from __future__ import annotations
 
@@ -202,45 +202,3 @@ def test_retry_failed_resumes_only_the_failed_member(tmp_path):
     assert steps == [1, 2, 3, 4]  # resumed from the step-2 checkpoint, not from scratch
     assert (run / "evals" / "linprobe-step4-seed0" / "result.json").is_file()
     assert (root / "r-baseline-s0" / "ledger.jsonl").read_text() == kept  # the completed one untouched
-
-
-def test_slurm_runs_go_out_as_one_job_array(tmp_path, monkeypatch):
-    """The array submission, with submitit's batch() on a recording executor (no SLURM here)."""
-    import contextlib
-
-    import nepactl.cluster
-
-    calls = []
-
-    class Recorder:
-        def __init__(self, cluster, folder, **kwargs):
-            self.kind, self.folder, self.kwargs, self.batches = cluster.resolved_executor(), folder, kwargs, 0
-            calls.append(self)
-
-        @contextlib.contextmanager
-        def batch(self):
-            self.batches += 1
-            self.jobs = []
-            yield
-
-        def submit(self, job):
-            assert self.batches == 1, "submitted outside the batch"
-            self.jobs.append(job)
-            return type("Job", (), {"job_id": f"77_{len(self.jobs) - 1}"})()
-
-    monkeypatch.setattr(nepactl.cluster, "make_executor", Recorder)
-    root = tmp_path / "runs"
-    result = runner.invoke(app, ["ablate", "--cluster", "slurm", "--variants", "baseline,no-shift",
-                                 "--seeds", "0,1", "--steps", "5", "--name", "arr", "--runs-root", str(root),
-                                 "--set", "cluster.gpus_per_node=0", "--set", "cluster.tasks_per_node=1"])
-    assert result.exit_code == 0, result.output
-    (executor,) = calls
-    assert executor.kind == "slurm" and executor.batches == 1 and len(executor.jobs) == 4
-    assert executor.kwargs["code_dir"].parent.parent.name == "arrays"
-    assert (executor.kwargs["code_dir"] / "nepactl" / "ablate.py").is_file()
-    ids = {}
-    for name in ("arr-baseline-s0", "arr-baseline-s1", "arr-no-shift-s0", "arr-no-shift-s1"):
-        (submit,) = [json.loads(x) for x in (root / name / "ledger.jsonl").read_text().splitlines()]
-        ids[name] = submit["job_id"]
-        assert submit["executor"] == "slurm" and (root / name / "config.yaml").is_file()
-    assert sorted(ids.values()) == ["77_0", "77_1", "77_2", "77_3"]

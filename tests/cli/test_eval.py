@@ -111,3 +111,35 @@ def test_weights_evaluations_get_their_own_run(pretrained, tmp_path):
     doc = json.loads((root / "ext" / "evals" / "linprobe-weights-seed0" / "result.json").read_text())
     assert doc["run"] == "ext" and doc["checkpoint"]["step"] == 10
     assert doc["size"] == "custom"  # a 2-block tiny matches no size of the registry
+
+
+def test_finetune_job_runs_one_process_per_task_and_other_tasks_one(pretrained, tmp_path):
+    """Fine-tuning eval jobs take the profile's processes (DDP); a batch that cannot split is refused."""
+    import time
+
+    from nepactl.runs import read_json
+
+    root = tmp_path / "runs"
+    shutil.copytree(pretrained, root)
+    two = ["--cluster", "local", "--set", "cluster.tasks_per_node=2", "--runs-root", str(root)]
+    small = ["--set", "finetune.epochs=1", "--set", "finetune.epoch_steps=2", "--set", "finetune.global_batch=32",
+             "--set", "finetune.micro_batch=16", "--set", "finetune.eval_batch=300"]
+    refused = runner.invoke(app, ["eval", "base", "--tasks", "finetune", *two, *small,
+                                  "--set", "finetune.micro_batch=32"])
+    assert refused.exit_code == 2 and "finetune.micro_batch" in refused.output, refused.output
+    assert not (root / "base" / "evals").exists()
+
+    result = runner.invoke(app, ["eval", "base", "--tasks", "finetune,linprobe", *two, *small, *FAST_PROBE])
+    assert result.exit_code == 0, result.output
+    evals = root / "base" / "evals"
+    assert read_json(evals / "finetune-step20-seed0" / "run.json")["procs_per_node"] == 2
+    assert read_json(evals / "linprobe-step20-seed0" / "run.json")["procs_per_node"] == 1
+    deadline = time.time() + 240
+    done = [evals / n / "result.json" for n in ("finetune-step20-seed0", "linprobe-step20-seed0")]
+    while not all(p.is_file() for p in done) and time.time() < deadline:
+        time.sleep(1)
+    logs = "".join(p.read_text() for p in (evals / "finetune-step20-seed0" / "submitit").glob("*_log.err"))
+    assert all(p.is_file() for p in done), logs[-3000:]
+    assert "world_size=2" in logs and len(list((evals / "finetune-step20-seed0" / "submitit").glob("*_1_log.err"))) == 1
+    doc = json.loads(done[0].read_text())
+    assert {m["metric"] for m in doc["metrics"]} >= {"top1", "top5"}

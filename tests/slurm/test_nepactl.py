@@ -438,3 +438,47 @@ def test_chained_evaluations_wait_for_the_run_follow_a_resume_and_run_at_milesto
                                 "--runs-root", str(root), "--set", "linprobe.epochs=3",
                                 "--set", "linprobe.lr_grid=[0.1]", "--set", "linprobe.blocks=[0]"])
     assert again.exit_code == 0 and "skip (done)" in again.output, again.output
+
+
+# ------------------------------------------------------------------------------ 10. ablations
+
+
+def test_ablate_is_one_job_array_with_chained_evals_and_retry_failed_resubmits_one(
+        slurm_cluster, monkeypatch, tmp_path):
+    slurm_cluster.activate(monkeypatch)
+    root, profile = tmp_path / "runs", _profile(tmp_path)
+    args = ["ablate", "--cluster", str(profile), "--variants", "baseline,no-stopgrad", "--seeds", "0",
+            "--steps", "8", "--name", "arr", "--runs-root", str(root), "--tasks", "linprobe",
+            "--set", "model.depth=2", "--set", "train.global_batch=32", "--set", "train.micro_batch=32",
+            "--set", "data.num_workers=0", "--set", "linprobe.epochs=3", "--set", "linprobe.lr_grid=[0.1]",
+            "--set", "linprobe.features=[mean]", "--format", "json"]
+    members = {"arr-baseline-s0": 0, "arr-no-stopgrad-s0": 1}
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    submits = {name: [e for e in _ledger(root / name) if e["event"] == "submit"] for name in members}
+    (array,) = {s[0]["job_id"].split("_")[0] for s in submits.values()}
+    assert {name: s[0]["job_id"] for name, s in submits.items()} == {n: f"{array}_{i}" for n, i in members.items()}
+    # the second member fails (cancelled before or while it runs) ...
+    slurm_cluster.run("scancel", f"{array}_1")
+    _wait(root, "arr-no-stopgrad-s0", lambda r: r["state"] == "CANCELLED", timeout=60)
+    evals = {e["eval"]: e["job_id"] for e in _ledger(root / "arr-no-stopgrad-s0") if e["event"] == "eval_submit"}
+    assert set(evals) == {"linprobe-final-seed0"}, evals  # queued with the array, waiting for it
+
+    # ... and --retry-failed resubmits it alone, in a new array, its evaluation re-pointed
+    retried = runner.invoke(app, [*args, "--retry-failed"])
+    assert retried.exit_code == 0, retried.output
+    again = [e for e in _ledger(root / "arr-no-stopgrad-s0") if e["event"] == "submit"]
+    assert [e["cause"] for e in again] == ["new run", "retry-failed"]
+    assert again[-1]["job_id"].split("_")[0] != array
+    assert len([e for e in _ledger(root / "arr-baseline-s0") if e["event"] == "submit"]) == 1
+    for name in members:
+        _wait_completed(root, name, timeout=150)
+    results = [root / name / "evals" / "linprobe-final-seed0" / "result.json" for name in members]
+    results.append(root / "arr-baseline-s0" / "evals" / "linprobe-random-seed0" / "result.json")
+    wait_for(lambda: all(p.is_file() for p in results), 150,
+             lambda: f"missing: {[str(p) for p in results if not p.is_file()]}")
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    rows = {r["variant"]: r for r in json.loads(table.stdout)}
+    assert rows["baseline"]["probe_mean"] is not None and rows["no-stopgrad"]["probe_mean"] is not None
+    assert rows["no-stopgrad"]["loss"] < rows["baseline"]["loss"]  # towards -1 without stop-gradient
