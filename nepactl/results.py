@@ -69,7 +69,9 @@ def _done_rows(run_dir: Path, info: dict, results: list[dict]) -> list[ResultRow
     for doc in results:
         random = bool(doc["checkpoint"].get("random_init"))
         for metric in doc["metrics"]:
-            weights = "random init" if random else metric["weights"]
+            weights = metric["weights"]
+            if random:  # raw and EMA of a random-init fine-tune stay apart
+                weights = "random init" + ("" if weights == "frozen" else f" ({weights})")
             key = (doc["task"], metric_label(metric), weights, doc["protocol"])
             groups.setdefault(key, []).append((float(metric["value"]), doc))
     rows = []
@@ -80,7 +82,7 @@ def _done_rows(run_dir: Path, info: dict, results: list[dict]) -> list[ResultRow
             run=run_dir.name, size=info.get("size", "?"), task=task, metric=label, weights=weights,
             protocol=protocol, value=statistics.fmean(numbers),
             std=statistics.stdev(numbers) if len(numbers) > 1 else None, seeds=len(numbers),
-            step=None if weights == "random init" else step, state="done"))
+            step=None if random_weights(weights) else step, state="done"))
     return rows
 
 
@@ -114,6 +116,88 @@ def gather(root: Path, names: list[str] | None = None, *, reference: bool = True
         rows += [ResultRow("paper", size, task, metric, "paper", "reference", value, None, 0, None, "done")
                  for size, task, metric, value in PAPER if not sizes or size in sizes or "tiny" in sizes]
     return rows
+
+
+def random_weights(weights: str) -> bool:
+    return weights.startswith("random init")
+
+
+# The number each evaluation is known by: (task, metric label, weights of the pretrained row).
+HEADLINES = (("linprobe", "probe_top1 (mean)", "frozen"), ("linprobe", "probe_top1 (block", "frozen"),
+             ("linprobe", "probe_top1 (last)", "frozen"), ("finetune", "top1 (best_ema)", "ema"),
+             ("ade20k", "mIoU", "raw"))
+
+
+@dataclass
+class SummaryRow:
+    run: str
+    task: str
+    metric: str
+    nepa: ResultRow | None
+    random: ResultRow | None
+    paper: dict[str, float]  # size -> the paper's value
+
+    @property
+    def gap(self) -> float | None:
+        if self.nepa is None or self.random is None or None in (self.nepa.value, self.random.value):
+            return None
+        return self.nepa.value - self.random.value
+
+
+def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
+    """Pretrained vs random init vs the paper, one line per headline metric of each run."""
+    out = []
+    for run in dict.fromkeys(r.run for r in rows if r.protocol != "reference"):
+        mine = [r for r in rows if r.run == run and r.value is not None]
+        for task, label, weights in HEADLINES:
+            for metric in sorted({r.metric for r in mine if r.task == task and r.metric.startswith(label)}):
+                by_weights = {r.weights: r for r in mine if r.task == task and r.metric == metric}
+                random_label = "random init" + ("" if weights == "frozen" else f" ({weights})")
+                base = metric.split(" (")[0] if task != "linprobe" else metric
+                paper = {size: value for size, t, m, value in PAPER if t == task and m == base}
+                out.append(SummaryRow(run, task, metric, by_weights.get(weights), by_weights.get(random_label),
+                                      paper))
+    return out
+
+
+def summary_table(rows: list[ResultRow], title: str):
+    """The summary as a narrow rich table (fits 80 columns: the demo's last word)."""
+    from rich import box
+    from rich.table import Table
+
+    lines = summarize(rows)
+    several = len({line.run for line in lines}) > 1
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption="mean ± std over seeds (n); "
+                  "paper: ViT-B / ViT-L on ImageNet-1K and ADE20K")
+    columns = (["run"] if several else []) + ["evaluation", "NEPA", "random init", "gap", "paper B / L"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("run", "evaluation") else "right")
+    for line in lines:
+        gap = line.gap
+        paper = " / ".join(f"{line.paper[s]:.1f}" if s in line.paper else "-" for s in ("B", "L"))
+        cells = [describe(line.task, line.metric), _seeded(line.nepa), _seeded(line.random),
+                 "" if gap is None else f"{gap:+.1f}", paper if line.paper else ""]
+        table.add_row(*([line.run] if several else []), *cells)
+    return table
+
+
+def describe(task: str, metric: str) -> str:
+    """'linprobe', 'probe_top1 (block2)' -> 'probe, block 3 mean' (blocks counted from 1)."""
+    if task == "linprobe":
+        feature = metric.split("(")[-1].rstrip(")")
+        if feature.startswith("block"):
+            return f"probe, block {int(feature[5:]) + 1} mean"
+        return {"mean": "probe, mean of patches", "last": "probe, last token"}.get(feature, metric)
+    if task == "finetune":
+        return "fine-tune top-1 (EMA)" if "best_ema" in metric else f"fine-tune {metric}"
+    return {"ade20k": f"ADE20K {metric}"}.get(task, f"{task} {metric}")
+
+
+def _seeded(row: ResultRow | None) -> str:
+    if row is None or row.value is None:
+        return "missing"
+    spread = f"±{row.std:.1f}" if row.std is not None else ""
+    return f"{row.value:.1f}{spread}" + (f" ({row.seeds})" if row.seeds > 1 else "")
 
 
 def to_json(rows: list[ResultRow]) -> str:

@@ -61,10 +61,16 @@ class Scheduler:
     def squeue(self, job_ids: list[str]) -> dict[str, str]:
         if not self.has_squeue or not job_ids:
             return {}
-        out = self._run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)])
+        # -r: one line per array task (pending tasks are otherwise folded into 123_[0-3])
+        out = self._run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)])
         if out is None:  # squeue errors when none of the ids is known any more
             return {}
-        return dict(line.split(maxsplit=1) for line in out.splitlines() if " " in line)
+        states = {}
+        for line in out.splitlines():
+            if " " in line:
+                job, state = line.split(maxsplit=1)
+                states.update(dict.fromkeys(array_tasks(job), state.strip()))
+        return states
 
     def sacct(self, job_ids: list[str]) -> dict[str, str]:
         if not self.sacct_ok or not job_ids:
@@ -77,8 +83,21 @@ class Scheduler:
         states = {}
         for line in out.splitlines():
             job, _, state = line.partition("|")
-            states[job.strip()] = state.split()[0] if state else ""
+            states.update(dict.fromkeys(array_tasks(job.strip()), state.split()[0] if state else ""))
         return states
+
+
+def array_tasks(job: str) -> list[str]:
+    """'123_[0-2,5%2]' -> ['123_0', '123_1', '123_2', '123_5'] (sacct folds tasks that never ran)."""
+    head, sep, rest = job.partition("_[")
+    if not sep:
+        return [job]
+    tasks = []
+    for part in rest.rstrip("]").split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit():
+            tasks += [f"{head}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return tasks
 
 
 def _local_alive(job_id: str) -> bool:

@@ -24,7 +24,7 @@ def demo(
     resumes) the run 'demo' and skips finished evaluations. Example: nepactl demo --steps 200 --fresh
     """
     from nepactl.demo import evaluate_demo, pretrain_demo
-    from nepactl.results import gather, make_plots, to_table
+    from nepactl.results import gather, make_plots, summary_table
     from nepactl.runs import last_line
     from nepactl.runs import runs_root as resolve_root
 
@@ -34,7 +34,8 @@ def demo(
     rows = gather(root, [run_dir.name])
     for path in make_plots(root, rows):
         console.hint(f"plot: {path}")
-    console.out.print(to_table(rows))
+    console.out.print(summary_table(rows, "NEPA demo: tiny, bundled digits (demo protocol)"))
+    console.hint(f"every metric, raw and EMA: nepactl results {run_dir.name} --runs-root {root}")
     last = last_line(run_dir / "metrics.jsonl")
     console.hint(f"pretraining: {last['step']} steps, final loss {last['loss']:.4f}; run {run_dir}; "
                  "demo protocol: tiny NEPA on 10-class digits, not comparable to the paper rows")

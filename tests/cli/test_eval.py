@@ -143,3 +143,25 @@ def test_finetune_job_runs_one_process_per_task_and_other_tasks_one(pretrained, 
     assert "world_size=2" in logs and len(list((evals / "finetune-step20-seed0" / "submitit").glob("*_1_log.err"))) == 1
     doc = json.loads(done[0].read_text())
     assert {m["metric"] for m in doc["metrics"]} >= {"top1", "top5"}
+
+
+def test_summary_pairs_each_headline_with_random_init_and_the_paper():
+    from nepactl.results import PAPER, ResultRow, summarize
+
+    def row(task, metric, weights, value, std=None, seeds=1, run="r"):
+        return ResultRow(run, "tiny", task, metric, weights, "demo", value, std, seeds, 10, "done")
+
+    rows = [row("linprobe", "probe_top1 (mean)", "frozen", 80.0, 1.0, 3),
+            row("linprobe", "probe_top1 (mean)", "random init", 50.0, 2.0, 3),
+            row("finetune", "top1 (best_ema)", "ema", 70.0), row("finetune", "top1 (best_ema)", "raw", 60.0),
+            row("finetune", "top1 (best_ema)", "random init (ema)", 65.0),
+            row("finetune", "top1 (best_ema)", "random init (raw)", 1.0),
+            row("ade20k", "mIoU", "raw", 5.0),
+            *[ResultRow("paper", s, t, m, "paper", "reference", v, None, 0, None, "done") for s, t, m, v in PAPER]]
+    lines = {(x.task, x.metric): x for x in summarize(rows)}
+    assert set(lines) == {("linprobe", "probe_top1 (mean)"), ("finetune", "top1 (best_ema)"), ("ade20k", "mIoU")}
+    probe, tune, seg = (lines[k] for k in sorted(lines, key=lambda k: ["linprobe", "finetune", "ade20k"].index(k[0])))
+    assert probe.gap == 30.0 and probe.paper == {"B": 14.1}
+    assert tune.nepa.value == 70.0 and tune.random.value == 65.0 and tune.gap == 5.0  # EMA against EMA
+    assert tune.paper == {"B": 83.8, "L": 85.3}
+    assert seg.random is None and seg.gap is None and seg.paper == {"B": 48.3, "L": 54.0}

@@ -143,3 +143,11 @@ def test_evaluations_show_per_task_and_never_lend_their_job_id(tmp_path):
     (row,), _ = collect(tmp_path)
     assert row.job_id == "11" and row.state == "COMPLETED"
     assert row.evals == "ade20k 0/1 (failed), finetune 0/1 (25%), linprobe 1/1"
+
+
+@pytest.mark.parametrize("job, tasks", [("77", ["77"]), ("77_3", ["77_3"]), ("77_[0-2]", ["77_0", "77_1", "77_2"]),
+                                        ("77_[1,4-5%2]", ["77_1", "77_4", "77_5"])])
+def test_folded_array_ids_of_squeue_and_sacct_are_unfolded(job, tasks):
+    from nepactl.status import array_tasks
+
+    assert array_tasks(job) == tasks
