@@ -112,6 +112,24 @@ def test_rope_is_relative_and_leaves_cls_alone():
     assert torch.equal(apply_rope(x, cos, sin)[:, :, 0], x[:, :, 0])  # CLS not rotated
 
 
+def test_rope_equals_the_rotate_half_formula_and_its_gradient():
+    rope = Rope2d(head_dim=16, theta=100.0, rescale=2.0).eval()
+    cos, sin = (t.double() for t in rope((4, 5), num_prefix=1))  # (21, 16)
+
+    def textbook(x):
+        a, b = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-b, a], dim=-1) * sin
+
+    x = torch.randn(2, 3, 21, 16, dtype=torch.double, requires_grad=True)
+    torch.testing.assert_close(apply_rope(x, cos, sin), textbook(x), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+    strided = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # like q from qkv
+    grad = torch.randn(2, 3, 21, 16, dtype=torch.double).transpose(2, 3).contiguous().transpose(2, 3)
+    (mine,) = torch.autograd.grad(apply_rope(strided, cos, sin), strided, grad)
+    (reference,) = torch.autograd.grad(textbook(strided), strided, grad)
+    torch.testing.assert_close(mine, reference, rtol=0, atol=1e-12)
+
+
 def test_rope_rescale_only_in_training():
     rope = Rope2d(head_dim=16, theta=100.0, rescale=2.0)
     rope.train()
