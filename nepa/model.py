@@ -162,6 +162,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     The tables repeat across the two halves of hd (as `Rope2d` builds them): only the first
     half is read. Equal to `x * cos + cat(-b, a) * sin` (tests/test_model.py).
     """
+    if torch.compiler.is_compiling():  # inductor fuses the textbook form into one kernel
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        a, b = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-b, a], dim=-1) * sin
     half = x.shape[-1] // 2
     cos, sin = cos[..., :half].to(x.dtype), sin[..., :half].to(x.dtype)
     return _Rope.apply(x, cos, sin)
