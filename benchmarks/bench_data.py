@@ -10,6 +10,11 @@ size and worker count, persistent workers, after one warm-up epoch each. The two
 within one process (order swapped every repeat), so a busy shared machine slows both alike.
 A second case uses many small files (64x48 JPEGs, 32-pixel crops), where per-file costs show.
 
+Page cache: "warm" times epochs over files already in memory (a dataset that fits in RAM,
+read before); "cold" drops every file of both loaders from the page cache before each epoch
+(posix_fadvise DONTNEED, no root needed), so each epoch reads from the disk, as with a
+dataset larger than memory or on first read from a network filesystem.
+
     .venv/bin/python benchmarks/bench_data.py --repeats 5
 """
 
@@ -79,6 +84,16 @@ class SeededFolder(torch.utils.data.Dataset):
             return self.folder[index]
 
 
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache (they are clean: written and synced once)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def loaders(root: Path, shards: Path, image_size: int, workers: int) -> dict:
     """name -> (loader, object whose set_epoch starts an epoch, or None)."""
     cfg = DataConfig(source="wds", path=str(shards), image_size=image_size, num_workers=workers,
@@ -106,27 +121,30 @@ def cpu_seconds(loader) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
-def epoch(loader, stream=None, number: int = 0) -> tuple[int, float, float]:
-    """(images, wall seconds, CPU seconds of the main process + workers) of one epoch."""
+def epoch(loader, stream=None, number: int = 0, cold: list[Path] = ()) -> tuple[int, float, float]:
+    """(images, wall seconds, CPU seconds of the main process + workers) of one epoch;
+    the files in `cold` are dropped from the page cache first."""
     if stream is not None:
         stream.set_epoch(number)
+    evict(list(cold))
     iterator = iter(loader)  # persistent workers: already started, not counted
     cpu, start = cpu_seconds(loader), time.perf_counter()
     images = sum(len(batch["image"] if isinstance(batch, dict) else batch[0]) for batch in iterator)
     return images, time.perf_counter() - start, cpu_seconds(loader) - cpu
 
 
-def measure(root: Path, shards: Path, image_size: int, workers: int, repeats: int
-            ) -> dict[str, dict[str, list[float]]]:
+def measure(root: Path, shards: Path, image_size: int, workers: int, repeats: int,
+            cold: bool) -> dict[str, dict[str, list[float]]]:
     """name -> {"wall": images/s per worker, "cpu": images per CPU-second} per repeat."""
     runs = loaders(root, shards, image_size, workers)
     for loader, stream in runs.values():
         epoch(loader, stream)  # warm-up: workers up, page cache warm
+    files = sorted((root / "train").rglob("*.jpg")) + sorted(shards.glob("*.tar")) if cold else []
     rates = {name: {"wall": [], "cpu": []} for name in runs}
     for r in range(repeats):
         names = list(runs) if r % 2 == 0 else list(runs)[::-1]  # alternate the order
         for name in names:
-            images, seconds, cpu = epoch(*runs[name], r + 1)
+            images, seconds, cpu = epoch(*runs[name], r + 1, cold=files)
             rates[name]["wall"].append(images / seconds / workers)
             rates[name]["cpu"].append(images / cpu)
     return rates
@@ -137,11 +155,12 @@ def spread(values: list[float], digits: int = 0) -> str:
             f"({min(values):.{digits}f}-{max(values):.{digits}f})")
 
 
-def rows(case: str, workers: int, rates: dict[str, dict[str, list[float]]]) -> list[str]:
+def rows(case: str, cache: str, workers: int, rates: dict[str, dict[str, list[float]]]
+         ) -> list[str]:
     base = rates["ImageFolder"]
     lines = []
     for name, r in rates.items():
-        cells = [case, str(workers), name]
+        cells = [case, cache, str(workers), name]
         for kind in ("wall", "cpu"):
             ratios = [b / a for a, b in zip(base[kind], r[kind], strict=True)]  # paired repeats
             cells += [spread(r[kind]), spread(ratios, 2) if r is not base else "1"]
@@ -154,7 +173,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=400, help="ImageNet-sized images")
-    parser.add_argument("--small", type=int, default=2000, help="small images (many-files case)")
+    parser.add_argument("--small", type=int, default=4000, help="small images (many-files case)")
+    parser.add_argument("--cache", nargs="+", choices=["warm", "cold"], default=["warm", "cold"],
+                        help="page-cache state of the files at the start of each epoch")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = [("ImageNet-like ~500x375 JPEG, 224 crops", args.images, (500, 375), 224),
@@ -165,15 +187,17 @@ def main() -> None:
             root, shards = Path(tmp) / f"folder{k}", Path(tmp) / f"shards{k}"
             make_images(root, count, size)
             pack_shards(str(root), shards, shard_size=100)
+            os.sync()  # clean pages, so that eviction can drop them
             kib = sum(p.stat().st_size for p in (root / "train").rglob("*.jpg")) / count / 1024
-            for workers in (1, 2):
-                rates = measure(root, shards, crop, workers, args.repeats)
-                lines += rows(f"{case} ({count} files, {kib:.0f} KiB)", workers, rates)
+            for cache in args.cache:
+                for workers in args.workers:
+                    rates = measure(root, shards, crop, workers, args.repeats, cache == "cold")
+                    lines += rows(f"{case} ({count} files, {kib:.0f} KiB)", cache, workers, rates)
     print(f"{args.repeats} repeats (epochs) each, batch {BATCH}, cores {os.cpu_count()}, "
           f"torch {torch.__version__}; median (min-max)")
-    print("| case | workers | loader | img/s per worker | vs ImageFolder | img per CPU-s | "
-          "vs ImageFolder (CPU) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | page cache | workers | loader | img/s per worker | vs ImageFolder | "
+          "img per CPU-s | vs ImageFolder (CPU) |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 
 

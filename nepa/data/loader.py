@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
 
 from nepa.data.config import DataConfig
 from nepa.data.sampler import EvalSampler
@@ -17,14 +17,14 @@ def collate(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
     """{"image": (B, C, H, W), "label": (B,), "index": (B,), "skipped": int}; None items are
     unreadable images: dropped and counted (B can be 0 when a whole micro-batch was bad)."""
     items = [item for item in batch if item is not None]
-    if items:
-        images = torch.stack([item["image"] for item in items])  # (B, C, H, W)
+    if items:  # in a DataLoader worker, default_collate stacks straight into shared memory
+        images = default_collate([item["image"] for item in items])  # (B, C, H, W)
     else:
         images = torch.empty(0)
-    return {"image": images,
-            "label": torch.tensor([item["label"] for item in items], dtype=torch.long),
-            "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
-            "skipped": len(batch) - len(items)}
+    # label and index: two rows of one tensor, so a worker ships one shared-memory block
+    ints = torch.tensor([[item["label"] for item in items], [item["index"] for item in items]],
+                        dtype=torch.long).reshape(2, len(items))
+    return {"image": images, "label": ints[0], "index": ints[1], "skipped": len(batch) - len(items)}
 
 
 def _seed_worker(seed: int, worker_id: int) -> None:

@@ -14,13 +14,20 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 
+class _TorchRandomCompose(T.Compose):
+    """torchvision steps, which draw from torch's generator only: per-item seeding
+    (nepa.data.sampler.seeded) then skips random and numpy."""
+
+    rng_sources = ("torch",)
+
+
 def pretrain_transform(cfg: DataConfig) -> Callable:
     """RandomResizedCrop (bilinear, as the release) + optional flip, to a normalised tensor."""
     steps = [T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale),
                                  interpolation=T.InterpolationMode.BILINEAR)]
     if cfg.hflip:
         steps.append(T.RandomHorizontalFlip())
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+    return _TorchRandomCompose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def finetune_transform(cfg: DataConfig, *, auto_augment: str | None = "rand-m9-mstd0.5-inc1",

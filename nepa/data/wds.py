@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from nepa.data.config import DataConfig, DataError, SplitNotFound
 from nepa.data.images import decode_image
-from nepa.data.sampler import accumulation, item_seed, mix_seed, seeded
+from nepa.data.sampler import accumulation, item_seed, mix_seed, rng_sources, seeded
 from nepa.data.tarfiles import iter_samples
 
 log = logging.getLogger("nepa.data")
@@ -220,6 +220,7 @@ class ShardReader:
     def __init__(self, split: SplitShards, transform: Callable | None, *, image_keys: Sequence[str],
                  label_key: str, keys_are_indices: bool):
         self.split, self.transform = split, transform
+        self.rng_sources = rng_sources(transform)
         self.image_keys, self.label_key = tuple(image_keys), label_key
         self.keys_are_indices = keys_are_indices
         counts = [s.count for s in split.shards]
@@ -307,7 +308,7 @@ class ShardReader:
             if seed is None:
                 image = self.transform(image)
             else:
-                with seeded(seed):
+                with seeded(seed, sources=self.rng_sources):
                     image = self.transform(image)
         return {"image": image, "label": label, "index": index}
 

@@ -87,3 +87,29 @@ def test_randaugment_posterize_at_zero_bits_gives_black_not_an_error():
     assert np.asarray(op(image)).max() == 0
     torch.manual_seed(0)
     assert transform(Image.fromarray(np.full((32, 32, 3), 99, dtype=np.uint8))).shape == (3, 32, 32)
+
+
+def test_pretrain_transform_draws_from_torch_only_so_seeding_skips_random_and_numpy():
+    import random
+
+    from nepa.data.sampler import RNG_SOURCES, rng_sources
+
+    cfg = DataConfig(source="digits", image_size=32, hflip=True)
+    transform = pretrain_transform(cfg)
+    assert rng_sources(transform) == ("torch",)
+    assert rng_sources(finetune_transform(DataConfig(image_size=32))) == RNG_SOURCES
+    outputs = []
+    for other in (1, 2):  # random and numpy in different states: same crops and flips
+        random.seed(other)
+        np.random.seed(other)
+        with seeded(11, sources=rng_sources(transform)):
+            outputs.append(transform(_photo(64, 48)))
+    assert torch.equal(*outputs)
+    random.seed(5)
+    np.random.seed(5)
+    expected = (random.random(), np.random.random())
+    random.seed(5)
+    np.random.seed(5)
+    with seeded(11, sources=("torch",), restore=False):
+        pass
+    assert (random.random(), np.random.random()) == expected  # untouched, not re-seeded
