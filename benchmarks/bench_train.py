@@ -257,7 +257,10 @@ def parse_batches(items: list[str], device: torch.device) -> dict[str, int]:
 def run_config(size: str, mode: str, args: argparse.Namespace, device: torch.device,
                batch: int) -> list[str]:
     """Build NEPA + timm of `size`, alternate all arms, return the markdown rows."""
-    cfg = model_config(size)
+    geometry = {k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size))
+                if v is not None}
+    cfg = model_config(size, **geometry)
+    label = f"{size} at {cfg.image_size}/{cfg.patch_size}" if geometry else size
     torch.manual_seed(0)
     nepa = build_model(cfg).to(device).train()
     ref = timm_reference(cfg).to(device).train()
@@ -305,7 +308,7 @@ def run_config(size: str, mode: str, args: argparse.Namespace, device: torch.dev
         gemm, gemm_cpu = arms[("GEMM", prec)].values, arms[("GEMM", prec)].cpu_values
         peak = spec_peak(device, prec == "bf16", args.peak_tflops)
         mfu = "" if peak is None else f"{statistics.median(gemm) / peak:.2f}"
-        rows.append(f"| {size} | {mode} | {prec} | GEMM {n}x{n} | - | - | "
+        rows.append(f"| {label} | {mode} | {prec} | GEMM {n}x{n} | - | - | "
                     f"{spread([v / 1e12 for v in gemm], 3)} | 1 | {mfu} | - | - | - |")
         base, base_cpu = arms[("timm", prec)].values, arms[("timm", prec)].cpu_values
         for name in names:
@@ -316,13 +319,13 @@ def run_config(size: str, mode: str, args: argparse.Namespace, device: torch.dev
             ratio = "1" if name == "timm" else spread(paired(vals, base), 2)
             ratio_cpu = "1" if name == "timm" else spread(paired(cpu, base_cpu), 2)
             of_gemm_cpu = spread(paired([v * flops for v in cpu], gemm_cpu), 2)
-            rows.append(f"| {size} | {mode} | {prec} | {name} | {batch} | {spread(vals, 2)} | "
+            rows.append(f"| {label} | {mode} | {prec} | {name} | {batch} | {spread(vals, 2)} | "
                         f"{spread(achieved, 3)} | {spread(of_gemm, 2)} | {mfu} | {ratio} | "
                         f"{of_gemm_cpu} | {ratio_cpu} |")
     if len(precisions) == 2:
         for name in names:
             a, b = arms[(name, "bf16")], arms[(name, "fp32")]
-            rows.append(f"| {size} | {mode} | bf16/fp32 | {name} | {batch} | speed-up "
+            rows.append(f"| {label} | {mode} | bf16/fp32 | {name} | {batch} | speed-up "
                         f"{spread(paired(a.values, b.values), 2)} | | | | | | speed-up "
                         f"{spread(paired(a.cpu_values, b.cpu_values), 2)} |")
     del nepa, ref, nepa_step, ref_step, arms
@@ -350,6 +353,10 @@ def main() -> None:
     parser.add_argument("--fp32-on-gpu", action="store_true", help="with --bf16 on CUDA, keep fp32 arms")
     parser.add_argument("--rope-compiled", action="store_true",
                         help="eager mode: add an arm with only nepa.model.apply_rope compiled")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="override every size's resolution (tiny: 32 by default, others 224)")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="override every size's patch (tiny: 4 by default, others 14)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--gemm-size", type=int, default=None, help="square GEMM side (CPU 2048, CUDA 8192)")
