@@ -194,6 +194,18 @@ def pretrain_members(plan: AblationPlan, *, retry_failed: bool) -> None:
                 console.warn(f"{member.name} did not complete; see nepactl logs {member.name}")
 
 
+def fresh_array_dir(parent: Path) -> Path:
+    """A new directory per submitted array: a retry can follow its array within the same second."""
+    stamp, attempt = time.strftime("%Y%m%d-%H%M%S"), 0
+    while True:
+        path = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            attempt += 1
+
+
 def submit_array(plan: AblationPlan, new: list[Member], retry: list[Member]) -> list[str]:
     """New and retried runs as ONE submitit job array; each run's ledger gets its task id."""
     from nepactl.cluster import make_executor
@@ -206,8 +218,7 @@ def submit_array(plan: AblationPlan, new: list[Member], retry: list[Member]) -> 
         dirs.append(runs.create_run(plan.root, member.name,
                                     lambda d, m=member: fill_run_dir(d, m.rendered, "pretrain", "tiny")))
     dirs += [plan.root / m.name for m in retry]
-    array_dir = plan.summary_dir / "arrays" / time.strftime("%Y%m%d-%H%M%S")
-    array_dir.mkdir(parents=True, exist_ok=True)
+    array_dir = fresh_array_dir(plan.summary_dir / "arrays")
     runs.snapshot_code(array_dir / "code")  # what every task of the array (and its requeues) runs
     first = (new or retry)[0].rendered
     executor = make_executor(first.cluster, array_dir / "submitit", nodes=first.run.train.nodes,

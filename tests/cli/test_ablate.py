@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from nepa.config import to_dict
+from nepactl.ablate import fresh_array_dir
 from nepactl.commands.ablate import ablate
 
 app = typer.Typer()
@@ -91,6 +92,12 @@ def test_unknown_variant_is_one_line_and_creates_nothing(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert "unknown variant 'no-stopgard' (did you mean 'no-stopgrad'?)" in result.output
     assert not root.exists()
+
+
+def test_arrays_submitted_within_one_second_get_their_own_directories(tmp_path):
+    # a --retry-failed right after the first array once collided on the timestamped directory
+    made = [fresh_array_dir(tmp_path / "arrays") for _ in range(3)]
+    assert len(set(made)) == 3 and all(d.is_dir() and not any(d.iterdir()) for d in made)
 
 
 @pytest.fixture(scope="module")
