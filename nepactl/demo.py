@@ -12,17 +12,23 @@ from nepactl.errors import CliError
 DEMO_NAME = "demo"
 
 
-def pretrain_demo(root: Path, *, steps: int | None, fresh: bool) -> Path:
+def demo_name(precision: str) -> str:
+    """fp32 is the demo; a bf16 demo is its own run, so the two can be compared side by side."""
+    return DEMO_NAME if precision == "fp32" else f"{DEMO_NAME}-{precision}"
+
+
+def pretrain_demo(root: Path, *, steps: int | None, fresh: bool, precision: str = "fp32") -> Path:
     from nepactl.render import render
     from nepactl.submit import submit_job, submit_new
 
-    run_dir = root / DEMO_NAME
+    name = demo_name(precision)
+    run_dir = root / name
     if fresh and run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-    sets = (f"train.max_steps={steps}",) if steps else ()
-    rendered = render(size="tiny", cluster="local", name=DEMO_NAME, sets=sets)
+    sets = (f"train.precision={precision}", *((f"train.max_steps={steps}",) if steps else ()))
+    rendered = render(size="tiny", cluster="local", name=name, sets=sets)
     outcome = runs.read_json(run_dir / "outcome.json")
     if not (run_dir / runs.RUN_INFO).is_file():
         submit_new(rendered, root, task="pretrain", size="tiny")
@@ -35,10 +41,10 @@ def pretrain_demo(root: Path, *, steps: int | None, fresh: bool) -> Path:
 
     outcome = follow_run(run_dir, rendered.run.train.max_steps)
     if outcome is None:
-        raise CliError(f"the demo job ended without finishing; see nepactl logs {DEMO_NAME} "
+        raise CliError(f"the demo job ended without finishing; see nepactl logs {name} "
                        f"--runs-root {run_dir.parent}")
     if outcome["status"] != "COMPLETED":
-        raise CliError(f"demo pretraining ended {outcome['status']}; see nepactl logs {DEMO_NAME}")
+        raise CliError(f"demo pretraining ended {outcome['status']}; see nepactl logs {name}")
     return run_dir
 
 
@@ -46,12 +52,13 @@ DEMO_TASKS = ("linprobe", "finetune", "ade20k")
 PROBE_SEEDS = (0, 1, 2)
 
 
-def evaluate_demo(run_dir: Path) -> None:
+def evaluate_demo(run_dir: Path, precision: str = "fp32") -> None:
     """The demo's evaluations, one local job after the other (the same path as nepactl eval).
 
     Linear probe over 3 seeds, fine-tuning and ADE20K-layout segmentation, each for the
     pretrained EMA weights and for the same architecture at random initialisation.
-    Evaluations already done are skipped, so a re-run only prints the table.
+    Evaluations already done are skipped, so a re-run only prints the table. `precision`
+    applies to fine-tuning as to pretraining; the probe's features and mmseg stay fp32.
     """
     from nepactl.evaluate import plan_evals, submit_evals
 
@@ -59,7 +66,8 @@ def evaluate_demo(run_dir: Path) -> None:
     for task in DEMO_TASKS:
         seeds = PROBE_SEEDS if task == "linprobe" else (0,)
         plan = plan_evals(run=run_dir.name, weights=None, root=root, tasks=(task,), step=None,
-                          seeds=seeds, random_init=True, cluster="local")
+                          seeds=seeds, random_init=True, cluster="local",
+                          sets=(f"finetune.precision={precision}",) if task == "finetune" else ())
         for planned in plan.evals:
             if planned.action.startswith("skip"):
                 continue

@@ -14,6 +14,17 @@ GOLDEN_VARIANTS = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="train.precision of the ablation-findings tests, which pretrain for real; bf16 is "
+                          "CPU autocast (its effect: benchmarks/README.md)")
+
+
+@pytest.fixture(scope="session")
+def train_precision(request) -> str:
+    return request.config.getoption("--precision")
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     import torch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -10,18 +10,23 @@ from nepactl import console
 from nepactl.commands.options import RunsRoot
 from nepactl.errors import handled
 
+Precision = Literal["fp32", "bf16"]
+
 
 @handled
 def demo(
     steps: Annotated[int | None, typer.Option(min=1, help="Override the pretraining steps.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh/--reuse", help="Start over instead of reusing runs/demo.")] = False,
+    precision: Annotated[Precision, typer.Option(
+        help="Pretraining and fine-tuning precision; bf16 (CPU autocast) runs as 'demo-bf16'.")] = "fp32",
     runs_root: RunsRoot = None,
 ) -> None:
     """Pretrain tiny NEPA on the bundled digits (local executor), evaluate it, print the results.
 
     Evaluations (linear probe over 3 seeds, fine-tuning, ADE20K-layout segmentation; each
     also at random init) run as evaluation jobs, one after the other. Re-running reuses (or
-    resumes) the run 'demo' and skips finished evaluations. Example: nepactl demo --steps 200 --fresh
+    resumes) the run 'demo' and skips finished evaluations. Example: nepactl demo --steps 200 --fresh;
+    compare precisions: nepactl demo --precision bf16, then nepactl results demo demo-bf16
     """
     from nepactl.demo import evaluate_demo, pretrain_demo
     from nepactl.results import gather, make_plots, summary_table
@@ -29,8 +34,8 @@ def demo(
     from nepactl.runs import runs_root as resolve_root
 
     root = resolve_root(runs_root)
-    run_dir = pretrain_demo(root, steps=steps, fresh=fresh)
-    evaluate_demo(run_dir)
+    run_dir = pretrain_demo(root, steps=steps, fresh=fresh, precision=precision)
+    evaluate_demo(run_dir, precision)
     rows = gather(root, [run_dir.name])
     for path in make_plots(root, rows):
         console.hint(f"plot: {path}")

@@ -101,7 +101,7 @@ def test_arrays_submitted_within_one_second_get_their_own_directories(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def findings(tmp_path_factory):
+def findings(tmp_path_factory, train_precision):
     """Real pretraining through the ablate path: baseline x 3 seeds (+ random init), no-stopgrad."""
     import torch
 
@@ -109,7 +109,7 @@ def findings(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the debug profile trains in-process; 64-wide matmuls gain nothing from 2
     try:
-        rows = _findings_runs(root)
+        rows = _findings_runs(root, *_precision(train_precision))
     finally:
         torch.set_num_threads(threads)
     return root, rows
@@ -120,13 +120,17 @@ def _rows(root: Path) -> list[dict]:
     return json.loads((root / "f-ablation" / "summary.json").read_text())["rows"]
 
 
-def _findings_runs(root: Path) -> dict[str, dict]:
+def _precision(train_precision: str) -> list[str]:
+    return ["--set", f"train.precision={train_precision}"]
+
+
+def _findings_runs(root: Path, *sets: str) -> dict[str, dict]:
     first = _ablate(root, "--variants", "baseline", "--seeds", "0,1,2", "--steps", str(STEPS), *SMALL, *PROBE,
-                    "--name", "f", "--format", "json")
+                    *sets, "--name", "f", "--format", "json")
     assert first.exit_code == 0, first.output
     rows = _rows(root)
     second = _ablate(root, "--variants", "no-stopgrad", "--seeds", "0", "--steps", str(STEPS), *SMALL, *PROBE,
-                     "--name", "f", "--format", "json")
+                     *sets, "--name", "f", "--format", "json")
     assert second.exit_code == 0, second.output
     return {r["variant"]: r for r in rows + _rows(root)}
 
@@ -153,11 +157,11 @@ def test_pretrained_probe_beats_random_init_over_three_seeds(findings):
     assert (root / "f-ablation" / "loss_curves.png").stat().st_size > 1000
 
 
-def test_rerun_skips_what_is_done(findings):
+def test_rerun_skips_what_is_done(findings, train_precision):
     root, _ = findings
     ledger = (root / "f-baseline-s0" / "ledger.jsonl").read_text()
     again = _ablate(root, "--variants", "baseline", "--seeds", "0", "--steps", str(STEPS), *SMALL, *PROBE,
-                    "--name", "f", "--format", "md")
+                    *_precision(train_precision), "--name", "f", "--format", "md")
     assert again.exit_code == 0, again.output
     assert "| baseline | 1/1 |" in again.output and "| random-init |" in again.output
     assert (root / "f-baseline-s0" / "ledger.jsonl").read_text() == ledger  # nothing resubmitted
