@@ -187,6 +187,7 @@ def _stop_local(job_id: str) -> bool:
     _, alive = psutil.wait_procs(family, timeout=5)
     for proc in alive:
         proc.kill()
+    psutil.wait_procs(alive, timeout=5)  # a killed process is gone only once the kernel says so
     return True
 
 
