@@ -19,8 +19,10 @@ env: $(STAMP)
 system-deps:
 	bash .ci/install-system-deps
 
+# `python -m` runs the code of this directory (the current one comes first on sys.path), also
+# when VENV is shared with another checkout. DEMO_ARGS=--quick: every step at a tiny scale.
 demo: env
-	$(VENV)/bin/nepactl demo
+	$(PY) -m nepactl demo $(DEMO_ARGS)
 
 test: env system-deps
 	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ Whatever is done is skipped, so a re-run only gathers the table into RUNS/PREFIX
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,17 +121,27 @@ def member_name(prefix: str, variant: str, seed: int) -> str:
 
 def _member_state(root: Path, rendered: Rendered) -> str:
     """'new', or the existing run's state; an existing run must have the same config."""
-    from nepa.runconfig import CONFIG_FILE, dump_yaml
+    from nepa.runconfig import load_run_config
     from nepactl.status import collect
 
     run_dir = root / rendered.run.name
     if not (run_dir / runs.RUN_INFO).is_file():
         return "new"
-    if (run_dir / CONFIG_FILE).read_text() != dump_yaml(rendered.run):
+    if _comparable(load_run_config(run_dir)) != _comparable(rendered.run):
         raise CliError(f"run '{rendered.run.name}' exists with another config (other --steps or "
                        "--set than before); use them again, or choose another --name")
     (row,), _ = collect(root, [rendered.run.name])
     return row.state
+
+
+def _comparable(run: Any) -> dict:
+    """A run config as a dict whose data path is absolute, however it was written."""
+    from nepa.config import to_dict
+
+    data = to_dict(run)
+    if data["data"].get("path"):
+        data["data"]["path"] = os.path.realpath(data["data"]["path"])
+    return data
 
 
 def plan_ablation(*, prefix: str, root: Path, variants: str, seeds: tuple[int, ...],

@@ -3,7 +3,7 @@ the local executor (the same render -> submit path as `nepactl pretrain`), then 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nepactl import console, runs
@@ -12,16 +12,39 @@ from nepactl.errors import CliError
 DEMO_NAME = "demo"
 
 
-def demo_name(precision: str) -> str:
-    """fp32 is the demo; a bf16 demo is its own run, so the two can be compared side by side."""
-    return DEMO_NAME if precision == "fp32" else f"{DEMO_NAME}-{precision}"
+@dataclass(frozen=True)
+class DemoScale:
+    """How much of the demo runs: the full one, or a quick pass over the same path."""
+
+    steps: int | None  # pretraining steps; None: the tiny recipe's
+    probe_seeds: tuple[int, ...]
+    eval_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per task, as --set
 
 
-def pretrain_demo(root: Path, *, steps: int | None, fresh: bool, precision: str = "fp32") -> Path:
+FULL = DemoScale(steps=None, probe_seeds=(0, 1, 2))
+# Every step of the full demo (pretraining, each evaluation job, the table) at a scale that
+# takes about two minutes: what the README test runs; its numbers mean nothing.
+QUICK = DemoScale(steps=40, probe_seeds=(0,), eval_sets={
+    "linprobe": ("linprobe.epochs=10",),
+    "finetune": ("finetune.epochs=1",),
+    "ade20k": ("segmentation.iters=6", "segmentation.warmup_iters=1", "segmentation.val_interval=6",
+               "segmentation.checkpoint_interval=6", "segmentation.log_interval=2"),
+})
+
+
+def demo_name(precision: str, quick: bool = False) -> str:
+    """fp32 is the demo; a bf16 or quick demo is its own run, so none reuses another's."""
+    parts = [DEMO_NAME] + ([precision] if precision != "fp32" else []) + (["quick"] if quick else [])
+    return "-".join(parts)
+
+
+def pretrain_demo(root: Path, *, steps: int | None, fresh: bool, precision: str = "fp32",
+                  quick: bool = False) -> Path:
     from nepactl.render import render
     from nepactl.submit import submit_job, submit_new
 
-    name = demo_name(precision)
+    name = demo_name(precision, quick)
+    steps = steps or (QUICK.steps if quick else None)
     run_dir = root / name
     if fresh and run_dir.exists():
         import shutil
@@ -49,10 +72,9 @@ def pretrain_demo(root: Path, *, steps: int | None, fresh: bool, precision: str 
 
 
 DEMO_TASKS = ("linprobe", "finetune", "ade20k")
-PROBE_SEEDS = (0, 1, 2)
 
 
-def evaluate_demo(run_dir: Path, precision: str = "fp32") -> None:
+def evaluate_demo(run_dir: Path, precision: str = "fp32", scale: DemoScale = FULL) -> None:
     """The demo's evaluations, one local job after the other (the same path as nepactl eval).
 
     Linear probe over 3 seeds, fine-tuning and ADE20K-layout segmentation, each for the
@@ -64,10 +86,10 @@ def evaluate_demo(run_dir: Path, precision: str = "fp32") -> None:
 
     root = run_dir.parent
     for task in DEMO_TASKS:
-        seeds = PROBE_SEEDS if task == "linprobe" else (0,)
+        seeds = scale.probe_seeds if task == "linprobe" else (0,)
+        sets = scale.eval_sets.get(task, ()) + ((f"finetune.precision={precision}",) if task == "finetune" else ())
         plan = plan_evals(run=run_dir.name, weights=None, root=root, tasks=(task,), step=None,
-                          seeds=seeds, random_init=True, cluster="local",
-                          sets=(f"finetune.precision={precision}",) if task == "finetune" else ())
+                          seeds=seeds, random_init=True, cluster="local", sets=sets)
         for planned in plan.evals:
             if planned.action.startswith("skip"):
                 continue

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from nepa.config import ConfigError, check_keys, deep_merge, from_dict, parse_names, to_dict
+from nepa.paths import store_path
 from nepactl import runs
 from nepactl.cluster import ClusterConfig
 from nepactl.errors import CliError
@@ -31,7 +32,7 @@ ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "STALLED")
 class PlannedEval:
     name: str  # directory name under RUN/evals
     spec: Any  # nepa.evals.spec.EvalSpec
-    action: str  # "submit", "resume", "skip (done)", "skip (running)"
+    action: str  # "submit", "resume", "redo (failed)", "skip (done)", "skip (running)"
     dependency: str | None = None  # SLURM job id the evaluation waits for (afterok)
     layers: tuple[str, ...] = ()
 
@@ -163,6 +164,12 @@ def _state_of(eval_dir: Path) -> str:
         return "done"
     if not (eval_dir / runs.RUN_INFO).is_file():
         return "new"
+    # A failed evaluation is rendered again (its spec may be what failed); a stopped one resumes.
+    # Failed: its job recorded the failure and its end (its process may still be exiting).
+    ledger = runs.read_ledger(eval_dir)
+    ended = bool(ledger) and ledger[-1]["event"] == "end"
+    if ended and (runs.read_json(eval_dir / "outcome.json") or {}).get("status") == "FAILED":
+        return "failed"
     (row,), _ = collect(eval_dir.parent, [eval_dir.name])
     return "running" if row.state in ACTIVE else "resume"
 
@@ -235,7 +242,7 @@ def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple
         state = _state_of(target / EVALS_DIR / dir_name)
         if state == "new" and not random:
             state = _covered_by_final(target, task, label, seed) or state
-        action = {"new": "submit", "resume": "resume", "done": "skip (done)",
+        action = {"new": "submit", "resume": "resume", "failed": "redo (failed)", "done": "skip (done)",
                   "running": "skip (running)"}[state]
         planned.append(PlannedEval(dir_name, spec, action, dependency, tuple(layers)))
     return EvalPlan(target, size, cluster_cfg, tuple(planned))
@@ -248,13 +255,15 @@ def _ensure_target(plan: EvalPlan, weights: str) -> None:
     runs.create_run(plan.target.parent, plan.target.name, lambda d: runs.write_json(d / runs.RUN_INFO, {
         "name": plan.target.name, "task": "eval", "size": plan.size, "nodes": 1,
         "procs_per_node": plan.cluster.tasks_per_node, "gpus_per_node": plan.cluster.gpus_per_node,
-        "executor": plan.cluster.resolved_executor(), "created": time.time(), "weights": weights}))
+        "executor": plan.cluster.resolved_executor(), "created": time.time(),
+        "weights": store_path(weights, plan.target, plan.target.parent)}))
 
 
 def _fill_eval(staging: Path, plan: EvalPlan, planned: PlannedEval) -> None:
     from nepa.evals.spec import SPEC_FILE, dump_spec
 
-    (staging / SPEC_FILE).write_text(dump_spec(planned.spec))
+    (staging / SPEC_FILE).write_text(dump_spec(planned.spec, holder=plan.target / EVALS_DIR / planned.name,
+                                               runs_root=plan.target.parent))
     cluster = task_cluster(plan.cluster, planned.spec.task)
     (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(cluster), sort_keys=False))
     runs.write_json(staging / runs.RUN_INFO, {
@@ -271,14 +280,17 @@ def submit_evals(plan: EvalPlan) -> list[tuple[PlannedEval, str | None]]:
 
     from nepactl.submit import submit_job
 
-    todo = [p for p in plan.evals if p.action in ("submit", "resume")]
+    todo = [p for p in plan.evals if not p.action.startswith("skip")]
     if todo:
         _ensure_target(plan, todo[0].spec.weights)
     _protect_checkpoints(plan)
     out = []
     for planned in plan.evals:
         eval_dir = plan.target / EVALS_DIR / planned.name
-        if planned.action == "submit":
+        if planned.action == "redo (failed)":  # kept for its logs, out of every listing
+            eval_dir.rename(eval_dir.with_name(f".{planned.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}"
+                                               f"-{os.getpid()}"))
+        if planned.action in ("submit", "redo (failed)"):
             (plan.target / EVALS_DIR).mkdir(exist_ok=True)
             runs.create_run(plan.target / EVALS_DIR, planned.name, lambda d, p=planned: _fill_eval(d, plan, p))
             try:
@@ -304,7 +316,8 @@ def _protect_checkpoints(plan: EvalPlan) -> None:
 
     for planned in plan.evals:
         path = Path(planned.spec.weights)
-        if planned.action != "submit" or path.parent.name != "checkpoints" or not path.stem.startswith("step_"):
+        new = planned.action in ("submit", "redo (failed)")
+        if not new or path.parent.name != "checkpoints" or not path.stem.startswith("step_"):
             continue
         CheckpointManager(path.parent.parent, CheckpointConfig()).protect(int(path.stem.split("_")[1]))
 

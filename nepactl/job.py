@@ -24,6 +24,7 @@ from typing import Any
 
 import submitit
 
+from nepa.paths import store_path
 from nepactl import runs
 
 log = logging.getLogger("nepactl.job")
@@ -207,8 +208,10 @@ def write_eval_result(eval_dir: Path, spec: Any, outcome: Any, weights: Any, *, 
     info = runs.read_json(eval_dir / runs.RUN_INFO) or {}
     metrics = [{"metric": m.name, "value": float(m.value), "weights": m.weights, "split": m.split,
                 "detail": m.detail} for m in outcome.metrics]
+    checkpoint = asdict(weights)  # its path by nepa.paths' rule: the runs root holds RUN/evals/NAME
+    checkpoint["path"] = store_path(checkpoint["path"], eval_dir, eval_dir.resolve().parents[2])
     doc = make_result(run=info.get("run", eval_dir.parent.parent.name), task=spec.task, seed=spec.seed,
-                      protocol=spec.protocol, checkpoint=asdict(weights), metrics=metrics,
+                      protocol=spec.protocol, checkpoint=checkpoint, metrics=metrics,
                       curves=outcome.curves, extra={"size": info.get("size"), "seconds": seconds,
                                                     "steps": outcome.step})
     return write_result(eval_dir / RESULT_FILE, doc)

@@ -37,7 +37,7 @@ def check_data(rendered: Rendered) -> None:
 def fill_run_dir(staging: Path, rendered: Rendered, task: str, size: str) -> None:
     from nepa.runconfig import write_run_config
 
-    write_run_config(staging, rendered.run)
+    write_run_config(staging, rendered.run, holder=staging.parent / rendered.run.name, runs_root=staging.parent)
     (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(rendered.cluster), sort_keys=False))
     train = rendered.run.train
     runs.write_json(staging / runs.RUN_INFO, {

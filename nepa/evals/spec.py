@@ -18,8 +18,12 @@ from nepa.evals.classify import ClassifyConfig
 from nepa.evals.finetune import FinetuneConfig
 from nepa.evals.linprobe import LinProbeConfig
 from nepa.evals.segmentation.config import SegmentationConfig
+from nepa.paths import resolve_fields, store_fields
 
 SPEC_FILE = "eval.yaml"
+# Fields holding file paths: stored and resolved by nepa.paths' rule (relative to eval.yaml's
+# directory when inside the runs root, else absolute).
+PATH_FIELDS = ("weights", "data.path", "segmentation.data_root")
 Task = Literal["finetune", "linprobe", "ade20k", "imagenet-val"]
 TASKS: tuple[str, ...] = ("finetune", "linprobe", "ade20k", "imagenet-val")
 
@@ -58,11 +62,17 @@ def load_spec(eval_dir: str | Path) -> EvalSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: no evaluation spec; create evaluations with nepactl eval")
     data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict):
+        data = resolve_fields(data, PATH_FIELDS, path.parent)
     return from_dict(EvalSpec, data, source=str(path))
 
 
-def dump_spec(spec: EvalSpec) -> str:
-    return yaml.safe_dump(to_dict(spec), sort_keys=False)
+def dump_spec(spec: EvalSpec, *, holder: str | Path | None = None, runs_root: str | Path | None = None) -> str:
+    """The spec as YAML; given where it will live, paths follow nepa.paths' rule."""
+    data = to_dict(spec)
+    if holder is not None and runs_root is not None:
+        data = store_fields(data, PATH_FIELDS, holder, runs_root)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def spec_from_dict(data: dict[str, Any], source: str | None = None) -> EvalSpec:

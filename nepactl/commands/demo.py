@@ -19,6 +19,9 @@ def demo(
     fresh: Annotated[bool, typer.Option("--fresh/--reuse", help="Start over instead of reusing runs/demo.")] = False,
     precision: Annotated[Precision, typer.Option(
         help="Pretraining and fine-tuning precision; bf16 (CPU autocast) runs as 'demo-bf16'.")] = "fp32",
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Every step at a tiny scale (~3 minutes; numbers mean nothing), as run 'demo-quick'.")
+    ] = False,
     runs_root: RunsRoot = None,
 ) -> None:
     """Pretrain tiny NEPA on the bundled digits (local executor), evaluate it, print the results.
@@ -28,14 +31,14 @@ def demo(
     resumes) the run 'demo' and skips finished evaluations. Example: nepactl demo --steps 200 --fresh;
     compare precisions: nepactl demo --precision bf16, then nepactl results demo demo-bf16
     """
-    from nepactl.demo import evaluate_demo, pretrain_demo
+    from nepactl.demo import FULL, QUICK, evaluate_demo, pretrain_demo
     from nepactl.results import gather, make_plots, summary_table
     from nepactl.runs import last_line
     from nepactl.runs import runs_root as resolve_root
 
     root = resolve_root(runs_root)
-    run_dir = pretrain_demo(root, steps=steps, fresh=fresh, precision=precision)
-    evaluate_demo(run_dir, precision)
+    run_dir = pretrain_demo(root, steps=steps, fresh=fresh, precision=precision, quick=quick)
+    evaluate_demo(run_dir, precision, QUICK if quick else FULL)
     rows = gather(root, [run_dir.name])
     for path in make_plots(root, rows):
         console.hint(f"plot: {path}")

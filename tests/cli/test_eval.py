@@ -165,3 +165,64 @@ def test_summary_pairs_each_headline_with_random_init_and_the_paper():
     assert tune.nepa.value == 70.0 and tune.random.value == 65.0 and tune.gap == 5.0  # EMA against EMA
     assert tune.paper == {"B": 83.8, "L": 85.3}
     assert seg.random is None and seg.gap is None and seg.paper == {"B": 48.3, "L": 54.0}
+
+
+def _wait_outcome(eval_dir, timeout=180):
+    import time
+
+    from nepactl.runs import read_json
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        outcome = read_json(eval_dir / "outcome.json")
+        if outcome and outcome.get("status") in ("COMPLETED", "FAILED"):
+            return outcome
+        time.sleep(0.5)
+    logs = "".join(p.read_text() for p in (eval_dir / "submitit").glob("*_log.err"))
+    raise AssertionError(f"no outcome in {timeout} s: {logs[-3000:]}")
+
+
+def _hide_then_submit(checkpoint, hidden):
+    from nepactl.submit import submit_job
+
+    def submit(*args, **kwargs):
+        checkpoint.rename(hidden)
+        return submit_job(*args, **kwargs)
+
+    return submit
+
+
+def test_default_relative_runs_root_local_job_and_a_failed_evaluation_rendered_again(
+        pretrained, tmp_path, monkeypatch):
+    """As a user: started in the project directory, runs root `runs`, the local executor (whose
+    job runs in the evaluation's directory). A failed evaluation asked for again is re-rendered."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEPA_RUNS", raising=False)
+    shutil.copytree(pretrained, tmp_path / "runs")
+    checkpoint = tmp_path / "runs" / "base" / "checkpoints" / "step_00000020.pt"
+    hidden = checkpoint.with_name("away.bin")
+    args = ["eval", "base", "--tasks", "linprobe", "--cluster", "local", *FAST_PROBE]
+    # the job will find no checkpoint: a failed evaluation (the plan saw step 20, the newest)
+    monkeypatch.setattr("nepactl.submit.submit_job", _hide_then_submit(checkpoint, hidden))
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    eval_dir = tmp_path / "runs" / "base" / "evals" / "linprobe-step20-seed0"
+    spec = yaml.safe_load((eval_dir / "eval.yaml").read_text())
+    assert spec["weights"] == "../../checkpoints/step_00000020.pt"  # relative to eval.yaml, not the cwd
+    assert _wait_outcome(eval_dir)["status"] == "FAILED"
+
+    hidden.rename(checkpoint)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEPA_RUNS", raising=False)
+    again = runner.invoke(app, [*args, "--set", "linprobe.epochs=3"])
+    assert again.exit_code == 0 and "seed0      job " in again.output, again.output
+    assert yaml.safe_load((eval_dir / "eval.yaml").read_text())["linprobe"]["epochs"] == 3  # re-rendered
+    outcome = _wait_outcome(eval_dir)
+    assert outcome["status"] == "COMPLETED", outcome
+    doc = json.loads((eval_dir / "result.json").read_text())
+    assert doc["checkpoint"]["path"] == "../../checkpoints/step_00000020.pt" and doc["checkpoint"]["step"] == 20
+    kept = [p for p in eval_dir.parent.iterdir() if p.name.startswith(".linprobe-step20-seed0.failed-")]
+    assert len(kept) == 1 and (kept[0] / "outcome.json").is_file()  # the failed attempt's logs are kept

@@ -21,7 +21,7 @@ SURFACE = {
     "resume": ["--runs-root", "RUN"],
     "doctor": ["--cluster", "--probe", "--runs-root", "--size"],
     "convert": ["--ema", "--to-hf", "OUT", "SRC"],
-    "demo": ["--fresh", "--precision", "--runs-root", "--steps"],
+    "demo": ["--fresh", "--precision", "--quick", "--runs-root", "--steps"],
     "data pack": ["--decode", "--seed", "--shard-size", "--shuffle", "--source", "OUT", "SRC"],
     "data check": ["--decode", "--json", "--sample", "--source", "--train-split", "--val-split", "PATH"],
     "viz": ["--heads", "--image", "--layers", "--out", "--query", "--query-grid", "--runs-root", "--weights", "RUN"],
