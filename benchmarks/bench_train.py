@@ -41,7 +41,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import tokens, train_flops_per_image  # noqa: E402
 
-from nepa.model import ModelConfig, build_model, model_config  # noqa: E402
+from nepa.model import build_model  # noqa: E402
+from nepa.model_config import (
+    ModelConfig,
+    model_config,  # noqa: E402
+)
 from nepa.objective import nepa_loss  # noqa: E402
 from nepa.train.config import OptimConfig  # noqa: E402
 from nepa.train.loop import _Pretrainer  # noqa: E402  (the loop's own step module)

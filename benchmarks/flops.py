@@ -15,7 +15,7 @@ used for NEPA and for the timm reference, so the two are compared by achieved FL
 
 from __future__ import annotations
 
-from nepa.model import ModelConfig
+from nepa.model_config import ModelConfig
 
 
 def tokens(cfg: ModelConfig) -> int:

@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import train_flops_per_image  # noqa: E402
 
-from nepa.model import build_model, model_config  # noqa: E402
+from nepa.model import build_model  # noqa: E402
+from nepa.model_config import model_config  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from nepa import checkpoint
 from nepa.config import ConfigError
 from nepa.errors import NepaError
-from nepa.model import ModelConfig
+from nepa.model_config import ModelConfig
 
 PREFIX = "vit_nepa."
 EMA_FILE = "pytorch_model_ema.bin"

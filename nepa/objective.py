@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-
-
-@dataclass(frozen=True, kw_only=True)
-class ObjectiveConfig:
-    """Switches for the paper's ablations; defaults are the method as released."""
-
-    shift: bool = True  # o_t predicts z_{t+1}; False: position-wise match (the identity ablation)
-    stop_grad: bool = True  # targets detached; False: the collapse ablation
 
 
 def nepa_loss(inputs: torch.Tensor, outputs: torch.Tensor, *, shift: bool = True,

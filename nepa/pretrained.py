@@ -9,7 +9,8 @@ import torch
 
 from nepa import checkpoint
 from nepa.convert import EMA_FILE, is_release_dir, read_release
-from nepa.model import ModelConfig, NepaViT
+from nepa.model import NepaViT
+from nepa.model_config import ModelConfig
 
 
 def read_weights(path: str | Path, *, ema: bool | None = None) -> tuple[ModelConfig, dict]:

@@ -15,8 +15,8 @@ import yaml
 
 from nepa.config import ConfigError, from_dict, to_dict
 from nepa.data.config import DataConfig
-from nepa.model import ModelConfig
-from nepa.objective import ObjectiveConfig
+from nepa.model_config import ModelConfig
+from nepa.objective_config import ObjectiveConfig
 from nepa.paths import resolve_fields, store_fields
 from nepa.train.config import CheckpointConfig, EMAConfig, OptimConfig, TrainConfig
 
@@ -71,7 +71,7 @@ def write_run_config(run_dir: str | Path, cfg: RunConfig, *, holder: str | Path 
                      runs_root: str | Path | None = None) -> Path:
     """Write config.yaml into `run_dir` (a staging directory that becomes `holder`, or the run
     directory itself); data paths follow nepa.paths' rule (absolute outside `runs_root`)."""
-    from nepa.checkpoint import atomic_write
+    from nepa.rundir import atomic_write
 
     path = Path(run_dir) / CONFIG_FILE
     data = to_dict(cfg)

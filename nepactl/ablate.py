@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nepa import rundir
 from nepa.config import ConfigError, from_dict, parse_names, suggest
 from nepactl import console, runs
 from nepactl.errors import CliError
@@ -324,7 +325,7 @@ class AblationRow:
 
 
 def final_loss(run_dir: Path) -> float | None:
-    lines = runs.tail_lines(run_dir / "metrics.jsonl", LOSS_WINDOW)
+    lines = rundir.tail_jsonl(run_dir / rundir.METRICS, LOSS_WINDOW)
     return statistics.fmean(r["loss"] for r in lines) if lines else None
 
 
@@ -407,9 +408,8 @@ def plot_losses(plan: AblationPlan, out: Path) -> Path | None:
 
     curves = []
     for member in plan.members:
-        path = plan.root / member.name / "metrics.jsonl"
-        if path.is_file():
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = [r for r in rundir.read_jsonl(plan.root / member.name / rundir.METRICS) if "loss" in r]
+        if records:
             curves.append((member.variant, [r["step"] for r in records], [r["loss"] for r in records]))
     if not curves:
         return None

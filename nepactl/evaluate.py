@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from nepa import rundir
 from nepa.config import ConfigError, check_keys, deep_merge, from_dict, parse_names, to_dict
 from nepa.paths import store_path
 from nepactl import runs
@@ -53,7 +54,7 @@ def parse_tasks(text: str) -> tuple[str, ...]:
 
 def size_of(model_cfg: Any) -> str:
     """The size registry's name for a model config ('custom' when it matches none)."""
-    from nepa.model import SIZES, ModelConfig
+    from nepa.model_config import SIZES, ModelConfig
 
     defaults = to_dict(ModelConfig())
     shape = ("dim", "depth", "num_heads", "mlp_dim", "patch_size")
@@ -66,15 +67,13 @@ def size_of(model_cfg: Any) -> str:
 
 def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | None]:
     """(weights path, label, SLURM job to wait for) of a run's checkpoint."""
-    from nepa.checkpoint import run_checkpoints
-    from nepa.train.checkpoints import CheckpointManager
     from nepactl.status import collect
 
     (row,), _ = collect(run_dir.parent, [run_dir.name])
     if step is not None:
-        path = run_dir / "checkpoints" / CheckpointManager.name(step)
+        path = rundir.checkpoint_dir(run_dir) / rundir.checkpoint_name(step)
         if not path.is_file():
-            have = sorted(int(p.stem.split("_")[1]) for p in run_checkpoints(run_dir))
+            have = rundir.checkpoint_steps(run_dir)
             raise CliError(f"'{run_dir.name}' has no checkpoint of step {step}; steps: "
                            f"{', '.join(map(str, have)) or 'none yet'}")
         return str(path), f"step{step}", None
@@ -83,11 +82,10 @@ def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | No
             raise CliError(f"'{run_dir.name}' is {row.state} on the local executor; "
                            "evaluate it when it has finished, or pick a saved --step")
         return str(run_dir), "final", row.job_id
-    files = run_checkpoints(run_dir)
-    if not files:
+    steps = rundir.checkpoint_steps(run_dir)
+    if not steps:
         raise CliError(f"'{run_dir.name}' has no checkpoint to evaluate (state {row.state})")
-    newest = max(int(p.stem.split("_")[1]) for p in files)
-    return str(run_dir / "checkpoints" / CheckpointManager.name(newest)), f"step{newest}", None
+    return str(rundir.checkpoint_dir(run_dir) / rundir.checkpoint_name(steps[-1])), f"step{steps[-1]}", None
 
 
 DISTRIBUTED_TASKS = ("finetune",)  # the others run one process (one GPU if any)
@@ -180,7 +178,6 @@ def _covered_by_final(target: Path, task: str, label: str, seed: int) -> str | N
     A final evaluation reads the newest checkpoint when it starts: done, its result names
     the step; running after the run completed, it is the newest step's.
     """
-    from nepa.checkpoint import run_checkpoints
     from nepa.evals.results import RESULT_FILE
 
     final = target / EVALS_DIR / eval_name(task, "final", seed, False)
@@ -193,7 +190,7 @@ def _covered_by_final(target: Path, task: str, label: str, seed: int) -> str | N
         return "done" if (result.get("checkpoint") or {}).get("step") == step else None
     if state != "running" or (runs.read_json(target / "outcome.json") or {}).get("status") != "COMPLETED":
         return None  # while the run goes on, its newest checkpoint is not its last
-    newest = max((int(p.stem.split("_")[1]) for p in run_checkpoints(target)), default=None)
+    newest = max(rundir.checkpoint_steps(target), default=None)
     return "running" if step == newest else None
 
 
@@ -252,11 +249,10 @@ def _ensure_target(plan: EvalPlan, weights: str) -> None:
     """A --weights evaluation gets a run directory of its own, holding only its evals."""
     if (plan.target / runs.RUN_INFO).is_file():
         return
-    runs.create_run(plan.target.parent, plan.target.name, lambda d: runs.write_json(d / runs.RUN_INFO, {
-        "name": plan.target.name, "task": "eval", "size": plan.size, "nodes": 1,
-        "procs_per_node": plan.cluster.tasks_per_node, "gpus_per_node": plan.cluster.gpus_per_node,
-        "executor": plan.cluster.resolved_executor(), "created": time.time(),
-        "weights": store_path(weights, plan.target, plan.target.parent)}))
+    runs.create_run(plan.target.parent, plan.target.name, lambda d: rundir.write_run_info(d, rundir.RunInfo(
+        name=plan.target.name, task="eval", size=plan.size, procs_per_node=plan.cluster.tasks_per_node,
+        gpus_per_node=plan.cluster.gpus_per_node, executor=plan.cluster.resolved_executor(), created=time.time(),
+        weights=store_path(weights, plan.target, plan.target.parent))))
 
 
 def _fill_eval(staging: Path, plan: EvalPlan, planned: PlannedEval) -> None:
@@ -266,11 +262,10 @@ def _fill_eval(staging: Path, plan: EvalPlan, planned: PlannedEval) -> None:
                                                runs_root=plan.target.parent))
     cluster = task_cluster(plan.cluster, planned.spec.task)
     (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(cluster), sort_keys=False))
-    runs.write_json(staging / runs.RUN_INFO, {
-        "name": planned.name, "run": plan.target.name, "task": planned.spec.task, "size": plan.size,
-        "nodes": 1, "procs_per_node": cluster.tasks_per_node, "gpus_per_node": cluster.gpus_per_node,
-        "executor": cluster.resolved_executor(), "created": time.time(), "max_steps": None,
-        "seed": planned.spec.seed, "layers": list(planned.layers), "kind": "eval"})
+    rundir.write_run_info(staging, rundir.RunInfo(
+        name=planned.name, run=plan.target.name, task=planned.spec.task, size=plan.size, kind="eval",
+        procs_per_node=cluster.tasks_per_node, gpus_per_node=cluster.gpus_per_node,
+        executor=cluster.resolved_executor(), created=time.time(), seed=planned.spec.seed, layers=planned.layers))
     runs.snapshot_code(staging / "code")
 
 
@@ -311,15 +306,12 @@ def submit_evals(plan: EvalPlan) -> list[tuple[PlannedEval, str | None]]:
 
 def _protect_checkpoints(plan: EvalPlan) -> None:
     """Retention never deletes a checkpoint an evaluation still has to read."""
-    from nepa.train.checkpoints import CheckpointManager
-    from nepa.train.config import CheckpointConfig
-
     for planned in plan.evals:
         path = Path(planned.spec.weights)
+        step = rundir.checkpoint_step(path)
         new = planned.action in ("submit", "redo (failed)")
-        if not new or path.parent.name != "checkpoints" or not path.stem.startswith("step_"):
-            continue
-        CheckpointManager(path.parent.parent, CheckpointConfig()).protect(int(path.stem.split("_")[1]))
+        if new and step is not None and path.parent.name == rundir.CHECKPOINTS:
+            rundir.protect_step(path.parent.parent, step)
 
 
 def eval_dirs(run_dir: Path) -> list[Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from nepa import rundir
 from nepactl import console, runs
 
 
@@ -20,7 +21,7 @@ def follow_run(run_dir: Path, total: int, label: str = "pretraining") -> dict | 
     with Progress(*columns, console=console.err) as progress:
         task = progress.add_task("pretrain", total=total, loss="-")
         while True:
-            last = runs.last_line(run_dir / "metrics.jsonl") or {}
+            last = rundir.last_jsonl(run_dir / rundir.METRICS) or {}
             if last:
                 progress.update(task, completed=last["step"], loss=f"{last['loss']:.4f}")
             outcome = runs.read_json(run_dir / "outcome.json")

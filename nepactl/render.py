@@ -101,7 +101,7 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
            name: str | None = None, evals: tuple[str, ...] | None = None,
            templates: Path = TEMPLATES) -> Rendered:
     """Resolve the precedence chain into a validated RunConfig + ClusterConfig."""
-    from nepa.model import SIZES, resolve_size
+    from nepa.model_config import SIZES, resolve_size
     from nepa.runconfig import RunConfig
 
     canonical = resolve_size(size)

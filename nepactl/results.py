@@ -14,6 +14,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nepa import rundir
 from nepactl import runs
 
 # The paper's headline numbers (arXiv 2512.16922) and the released fine-tuned weights' top-1.
@@ -279,11 +280,7 @@ def _pyplot():
 
 
 def _plot_loss(run_dir: Path) -> Path | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if "loss" in r]
+    records = [r for r in rundir.read_jsonl(run_dir / rundir.METRICS) if "loss" in r]
     if not records:
         return None
     plt = _pyplot()

@@ -1,18 +1,12 @@
 """The run registry: one directory per run under the runs root. Imports no torch.
 
-    RUN/config.yaml    resolved run config (the only thing jobs and resumes read)
-    RUN/cluster.yaml   resolved cluster profile
-    RUN/run.json       what status shows without parsing configs (name, task, size, geometry)
-    RUN/ledger.jsonl   every submit, requeue, cancel, ... with job ids, causes, exit codes
-    RUN/code/          code snapshot taken at submit; jobs and requeues run from it
-    RUN/submitit/      submitit's folder (pickles, per-rank logs)
-    RUN/attempts/      environment captured at each attempt's start
-    RUN/metrics.jsonl, heartbeats/, checkpoints/, outcome.json   written by the engine
+The layout and the file primitives (atomic writes, JSON lines, checkpoint names, RunInfo) are
+nepa.rundir's; this module names, creates, finds and lists runs, appends to their ledgers and
+snapshots the code a job runs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,10 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nepa import rundir
+from nepa.rundir import LEDGER, RUN_INFO, read_json, write_json
 from nepactl.errors import CliError
 
-LEDGER = "ledger.jsonl"
-RUN_INFO = "run.json"
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -85,37 +79,13 @@ def list_runs(root: Path) -> list[Path]:
     return [root / name for name in sorted(entries) if os.path.isfile(os.path.join(root, name, RUN_INFO))]
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def append_ledger(run_dir: Path, event: str, **fields: Any) -> None:
-    """One JSON line per event; appends of one short line are atomic on local filesystems."""
-    record = {"time": time.time(), "event": event, **fields}
-    with open(run_dir / LEDGER, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    rundir.append_jsonl(run_dir / LEDGER, {"time": time.time(), "event": event, **fields})
 
 
 def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / LEDGER
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
+    """The run's events (records without an "event" are skipped)."""
+    return [e for e in rundir.read_jsonl(run_dir / LEDGER) if isinstance(e.get("event"), str)]
 
 
 def submitted_jobs(run_dir: Path) -> list[tuple[str, str]]:
@@ -132,41 +102,6 @@ def submitted_jobs(run_dir: Path) -> list[tuple[str, str]]:
 def own_job_id(ledger: list[dict[str, Any]]) -> str:
     """The newest job id of the run's own job (not of the evaluations it launched)."""
     return next((e["job_id"] for e in reversed(ledger) if e.get("job_id") and e["event"] != "eval_submit"), "")
-
-
-def last_line(path: Path, chunk: int = 8192) -> dict[str, Any] | None:
-    """The last complete JSON line of a (possibly large) JSONL file, reading only its tail."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - chunk))
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            return json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-    return None
-
-
-def tail_lines(path: Path, count: int, chunk: int = 65536) -> list[dict[str, Any]]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - chunk))
-            raw = f.read().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in raw[-count - 1:]:
-        try:
-            out.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-    return out[-count:]
 
 
 def snapshot_code(destination: Path) -> dict[str, Any]:
@@ -193,7 +128,7 @@ def snapshot_code(destination: Path) -> dict[str, Any]:
 
 
 def iter_heartbeats(run_dir: Path) -> Iterator[dict[str, Any]]:
-    directory = run_dir / "heartbeats"
+    directory = run_dir / rundir.HEARTBEATS
     if directory.is_dir():
         for path in directory.glob("rank*.json"):
             beat = read_json(path)

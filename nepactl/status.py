@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nepa import rundir
 from nepactl import runs
 
 STALE_HEARTBEAT_S = 600.0  # a rank silent this long while the scheduler says RUNNING: STALLED
@@ -118,7 +119,7 @@ def _local_alive(job_id: str) -> bool:
 def _eta(run_dir: Path, step: int, total: int | None) -> float | None:
     if total is None or step >= total:
         return None
-    recent = runs.tail_lines(run_dir / "metrics.jsonl", 20)
+    recent = rundir.tail_jsonl(run_dir / rundir.METRICS, 20)
     if len(recent) < 2 or recent[-1]["step"] <= recent[0]["step"]:
         return None
     rate = (recent[-1]["step"] - recent[0]["step"]) / max(1e-9, recent[-1]["time"] - recent[0]["time"])
@@ -210,7 +211,7 @@ def collect(root: Path, only: list[str] | None = None) -> tuple[list[RunRow], li
     for d in dirs:
         info, ledger, job_id = infos[d], ledgers[d], job_ids[d]
         outcome = runs.read_json(d / "outcome.json")
-        last = runs.last_line(d / "metrics.jsonl") or {}
+        last = rundir.last_jsonl(d / rundir.METRICS) or {}
         finished = (outcome or {}).get("status") in ("COMPLETED", "DIVERGED")
         beats = [] if finished else [b.get("time", 0) for b in runs.iter_heartbeats(d)]
         heartbeat_age = now - min(beats) if beats else None

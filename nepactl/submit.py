@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from nepa import rundir
 from nepa.config import to_dict
 from nepactl import runs
 from nepactl.cluster import make_executor, sbatch_script
@@ -40,12 +41,10 @@ def fill_run_dir(staging: Path, rendered: Rendered, task: str, size: str) -> Non
     write_run_config(staging, rendered.run, holder=staging.parent / rendered.run.name, runs_root=staging.parent)
     (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(rendered.cluster), sort_keys=False))
     train = rendered.run.train
-    runs.write_json(staging / runs.RUN_INFO, {
-        "name": rendered.run.name, "task": task, "size": size, "nodes": train.nodes,
-        "procs_per_node": train.procs_per_node, "gpus_per_node": rendered.cluster.gpus_per_node,
-        "executor": rendered.cluster.resolved_executor(), "created": time.time(),
-        "max_steps": train.max_steps, "derived": rendered.derived, "layers": rendered.layers,
-    })
+    rundir.write_run_info(staging, rundir.RunInfo(
+        name=rendered.run.name, task=task, size=size, nodes=train.nodes, procs_per_node=train.procs_per_node,
+        gpus_per_node=rendered.cluster.gpus_per_node, executor=rendered.cluster.resolved_executor(),
+        created=time.time(), max_steps=train.max_steps, derived=rendered.derived, layers=tuple(rendered.layers)))
     if rendered.chain.active:
         from nepactl.chain import write_chain
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nepa import checkpoint
+from nepa import checkpoint, rundir
 from nepa.checkpoint import CheckpointError
 
 
 def _save_step(run, step, value):
     directory = run / "checkpoints"
     path = checkpoint.save(directory / f"step_{step:08d}.pt", {"step": step, "w": torch.full((4,), value)})
-    checkpoint.write_pointer(directory, path.name)
+    rundir.write_pointer(directory, path.name)
     return path
 
 
@@ -31,7 +31,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.atomic_write(path, explode)
+        rundir.atomic_write(path, explode)
     assert torch.equal(checkpoint.load(path)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
 
@@ -82,13 +82,13 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path)
 
     directory = tmp_path / "checkpoints"
     good = checkpoint.save(directory / "step_00000001.pt", {"step": 1, "w": torch.ones(4)})
-    checkpoint.write_pointer(directory, good.name)
+    rundir.write_pointer(directory, good.name)
     # A writer that is slow enough (~0.5 GiB) to be killed in the middle of torch.save.
     code = (
-        "import sys, torch; from pathlib import Path; from nepa import checkpoint\n"
+        "import sys, torch; from pathlib import Path; from nepa import checkpoint, rundir\n"
         "d = Path(sys.argv[1]); print('writing', flush=True)\n"
         "p = checkpoint.save(d / 'step_00000002.pt', {'step': 2, 'w': torch.zeros(128, 2**20)})\n"
-        "checkpoint.write_pointer(d, p.name)\n"
+        "rundir.write_pointer(d, p.name)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"

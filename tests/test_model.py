@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 import nepa
 from nepa.config import ConfigError
-from nepa.model import Rope2d, apply_rope, build_model, model_config, resolve_size
+from nepa.model import Rope2d, apply_rope, build_model
+from nepa.model_config import model_config, resolve_size
 from nepa.objective import nepa_loss
 
 

@@ -131,7 +131,7 @@ def index_document(classes: Sequence[str], splits: dict[str, dict[str, Any]], *,
 
 def write_index_file(out: str | os.PathLike, document: dict[str, Any]) -> Path:
     """out/index.json, atomically (temporary file, fsync, rename), readable as umask allows."""
-    from nepa.checkpoint import atomic_write_path
+    from nepa.rundir import atomic_write_path
 
     text = json.dumps(document, indent=1)
 

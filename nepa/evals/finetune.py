@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import nepa
-from nepa import checkpoint
+from nepa import checkpoint, rundir
 from nepa import data as nepa_data
 from nepa.config import ConfigError, check, to_dict
 from nepa.data.config import DataConfig
@@ -294,7 +294,7 @@ class _Finetune:
     def _write_metrics(self) -> None:
         """metrics.jsonl = the checkpoint's epochs, so a resume never logs an epoch twice."""
         text = "".join(json.dumps(r) + "\n" for r in self.records)
-        checkpoint.atomic_write(self.work_dir / METRICS_FILE, lambda f: f.write(text.encode()))
+        rundir.atomic_write(self.work_dir / METRICS_FILE, lambda f: f.write(text.encode()))
 
     # -- training -------------------------------------------------------------------------------
 

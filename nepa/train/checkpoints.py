@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nepa import checkpoint
+from nepa import checkpoint, rundir
 from nepa.checkpoint import CheckpointError
+from nepa.rundir import checkpoint_name, checkpoint_steps
 from nepa.train.config import CheckpointConfig
-
-PROTECTED = "protected.json"  # steps that evaluations still need: never deleted
 
 
 class CheckpointManager:
@@ -21,10 +19,6 @@ class CheckpointManager:
     def __init__(self, run_dir: str | Path, cfg: CheckpointConfig):
         self.dir = Path(run_dir) / "checkpoints"
         self.cfg = cfg
-
-    @staticmethod
-    def name(step: int) -> str:
-        return f"step_{step:08d}.pt"
 
     def due(self, step: int) -> bool:
         return step % self.cfg.every_steps == 0 or step in self.cfg.keep_steps
@@ -35,8 +29,8 @@ class CheckpointManager:
         for stale in self.dir.glob(".step_*.tmp"):  # left by a writer killed mid-write
             stale.unlink(missing_ok=True)
         self._check_free_space()
-        path = checkpoint.save(self.dir / self.name(step), payload)
-        checkpoint.write_pointer(self.dir, path.name)
+        path = checkpoint.save(self.dir / checkpoint_name(step), payload)
+        rundir.write_pointer(self.dir, path.name)
         self._apply_retention()
         return path
 
@@ -45,16 +39,13 @@ class CheckpointManager:
         return checkpoint.load_newest_valid(self.dir.parent, warn=warn)
 
     def protect(self, step: int) -> None:
-        steps = self.protected() | {step}
-        checkpoint.atomic_write(self.dir / PROTECTED,
-                                lambda f: f.write(json.dumps(sorted(steps)).encode()))
+        rundir.protect_step(self.dir.parent, step)
 
     def protected(self) -> set[int]:
-        path = self.dir / PROTECTED
-        return set(json.loads(path.read_text())) if path.is_file() else set()
+        return rundir.protected_steps(self.dir.parent)
 
     def steps(self) -> list[int]:
-        return sorted(int(p.stem.split("_")[1]) for p in self.dir.glob("step_*.pt"))
+        return checkpoint_steps(self.dir.parent)
 
     def _apply_retention(self) -> None:
         steps = self.steps()
@@ -63,7 +54,7 @@ class CheckpointManager:
             keep |= {s for s in steps if s % self.cfg.milestone_every == 0}
         for step in steps:
             if step not in keep:
-                (self.dir / self.name(step)).unlink(missing_ok=True)
+                (self.dir / checkpoint_name(step)).unlink(missing_ok=True)
 
     def _check_free_space(self) -> None:
         existing = [p.stat().st_size for p in self.dir.glob("step_*.pt")]

@@ -24,11 +24,11 @@ from torch.utils.data import Dataset
 
 import nepa
 from nepa import data as nepa_data
-from nepa.checkpoint import atomic_write
 from nepa.config import to_dict
 from nepa.model import NepaViT
 from nepa.objective import embedding_spread, nepa_loss
 from nepa.runconfig import RunConfig, dump_yaml
+from nepa.rundir import atomic_write
 from nepa.train import distributed
 from nepa.train.checkpoints import CheckpointManager
 from nepa.train.ema import EMA

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nepa.checkpoint import atomic_write
+from nepa.rundir import METRICS, atomic_write, read_jsonl
 
 
 class MetricsLog:
     """Append-only per-step log; on resume, lines past the resumed step are dropped first."""
 
     def __init__(self, run_dir: str | Path, *, resume_step: int, tensorboard: bool = False):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         self._truncate_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._tb = None
@@ -29,15 +29,8 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a kill mid-write
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
+        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]  # torn lines go too
+        atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
 
     def rewind(self, step: int) -> None:
         """Forget records after `step` (a rollback to an earlier checkpoint)."""
@@ -60,16 +53,7 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return read_jsonl(Path(run_dir) / METRICS)
 
 
 class Heartbeat:

@@ -31,9 +31,9 @@ def demo(
     resumes) the run 'demo' and skips finished evaluations. Example: nepactl demo --steps 200 --fresh;
     compare precisions: nepactl demo --precision bf16, then nepactl results demo demo-bf16
     """
+    from nepa.rundir import METRICS, last_jsonl
     from nepactl.demo import FULL, QUICK, evaluate_demo, pretrain_demo
     from nepactl.results import gather, make_plots, summary_table
-    from nepactl.runs import last_line
     from nepactl.runs import runs_root as resolve_root
 
     root = resolve_root(runs_root)
@@ -44,6 +44,6 @@ def demo(
         console.hint(f"plot: {path}")
     console.out.print(summary_table(rows, "NEPA demo: tiny, bundled digits (demo protocol)"))
     console.hint(f"every metric, raw and EMA: nepactl results {run_dir.name} --runs-root {root}")
-    last = last_line(run_dir / "metrics.jsonl")
+    last = last_jsonl(run_dir / METRICS)
     console.hint(f"pretraining: {last['step']} steps, final loss {last['loss']:.4f}; run {run_dir}; "
                  "demo protocol: tiny NEPA on 10-class digits, not comparable to the paper rows")

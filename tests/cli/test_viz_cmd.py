@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import nepa
-from nepa import checkpoint
+from nepa import checkpoint, rundir
 from nepactl.commands.viz import viz
 from tests.conftest import GOLDEN
 
@@ -76,7 +76,7 @@ def test_run_name_reads_the_run_and_writes_into_it(tmp_path, photo):
     model = nepa.build_model("tiny")
     ckpt = checkpoint.save(run / "checkpoints" / "step_00000010.pt",
                            checkpoint.model_payload(model.cfg, model.state_dict()))
-    checkpoint.write_pointer(run / "checkpoints", ckpt.name)
+    rundir.write_pointer(run / "checkpoints", ckpt.name)
     result = _invoke("r1", "--runs-root", tmp_path / "runs", "--image", photo, "--query", "0",
                      "--layers", "3", "--heads", "0")
     assert result.exit_code == 0, result.output

@@ -27,7 +27,8 @@ from nepa.evals.segmentation.config import (
     layer_decay,
 )
 from nepa.evals.segmentation.tiny_ade import make_tiny_ade20k
-from nepa.model import build_model, model_config
+from nepa.model import build_model
+from nepa.model_config import model_config
 
 # Known-harmless mmcv/mmseg warnings, silenced here only (the library leaves them): no compiled
 # mmcv ops (UPerNet needs none), a deprecation notice the fork prints even for the intended

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from nepa.data import DataConfig
-from nepa.model import model_config
+from nepa.model_config import model_config
 from nepa.runconfig import RunConfig, write_run_config
 from nepa.train import Callback
 from nepa.train.config import CheckpointConfig, EMAConfig, OptimConfig, TrainConfig

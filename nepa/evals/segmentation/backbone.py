@@ -29,7 +29,8 @@ from mmseg.registry import METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from nepa.config import from_dict
-from nepa.model import ModelConfig, NepaViT
+from nepa.model import NepaViT
+from nepa.model_config import ModelConfig
 
 EMBEDDING_PARAMS = ("patch_embed.", "cls_token", "mask_token")  # layer 0 of the lr decay
 NO_DECAY_TOKENS = ("cls_token", "mask_token")  # besides every 1-D tensor (norms, biases, LayerScale)

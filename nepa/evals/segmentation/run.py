@@ -30,11 +30,11 @@ from mmengine.runner import Runner
 from mmseg.utils import register_all_modules
 
 import nepa.evals.segmentation.backbone  # noqa: F401  (registers NepaBackbone & co.)
-from nepa.checkpoint import atomic_write
 from nepa.config import ConfigError, to_dict
 from nepa.evals.common import EvalControl, EvalOutcome, Metric
 from nepa.evals.segmentation.config import SegmentationConfig, build_mmseg_config
 from nepa.pretrained import read_weights
+from nepa.rundir import atomic_write, read_jsonl
 
 RECIPE_FILE = "nepa_segmentation.json"  # the schedule a work_dir was started with
 CURVE_FILE = "val_curve.jsonl"  # one line per validation: step, aAcc, mIoU, mAcc, per-class IoU
@@ -84,10 +84,7 @@ class ControlHook(Hook):
 
 def read_curve(work_dir: str | Path) -> list[dict[str, Any]]:
     """Validations of a work_dir by step (the latest record per step)."""
-    path = Path(work_dir) / CURVE_FILE
-    if not path.is_file():
-        return []
-    by_step = {r["step"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+    by_step = {r["step"]: r for r in read_jsonl(Path(work_dir) / CURVE_FILE) if "step" in r}
     return [by_step[s] for s in sorted(by_step)]
 
 
