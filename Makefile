@@ -29,6 +29,7 @@ test: env system-deps
 
 lint: env
 	$(VENV)/bin/ruff check nepa nepactl tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean-env:
 	rm -rf $(VENV)

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from nepa import checkpoint
 from nepa.config import ConfigError
 from nepa.errors import NepaError
 from nepa.model_config import ModelConfig
@@ -263,25 +262,3 @@ def write_release(directory: str | Path, cfg: ModelConfig, sd: dict[str, torch.T
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
-
-
-def convert(src: str | Path, out: str | Path, *, to_hf: bool = False, ema: bool = False) -> Path:
-    """Release directory -> nepa checkpoint file, or (`to_hf`) nepa weights -> release directory.
-
-    From a release, `ema` reads its pytorch_model_ema.bin. With `to_hf`, `src` is a nepa
-    checkpoint or a run directory, and its EMA weights are exported when it has them.
-    """
-    src, out = Path(src), Path(out)
-    if to_hf:
-        from nepa.pretrained import read_weights
-
-        cfg, sd = read_weights(src)
-        return write_release(out, cfg, sd)
-    if not src.exists():
-        raise ConversionError(f"{src} does not exist; give a release directory")
-    if not is_release_dir(src):
-        raise ConversionError(f"{src} is not a release directory (no config.json)")
-    if out.exists():
-        raise ConversionError(f"{out} already exists; choose a new output path")
-    cfg, sd = read_release(src, ema=ema)
-    return checkpoint.save(out, checkpoint.model_payload(cfg, sd, source=str(src.resolve())))

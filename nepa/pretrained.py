@@ -1,4 +1,5 @@
-"""Load ready models from anything a user points at: checkpoint, run directory or release."""
+"""Load ready models from anything a user points at (checkpoint, run directory or release), and
+convert between the release format and nepa checkpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nepa import checkpoint
-from nepa.convert import EMA_FILE, is_release_dir, read_release
+from nepa.convert import EMA_FILE, ConversionError, is_release_dir, read_release, write_release
 from nepa.model import NepaViT
 from nepa.model_config import ModelConfig
 
@@ -49,3 +50,23 @@ def load_pretrained(path: str | Path, *, ema: bool | None = None,
     model = NepaViT(cfg)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()
+
+
+def convert(src: str | Path, out: str | Path, *, to_hf: bool = False, ema: bool = False) -> Path:
+    """Release directory -> nepa checkpoint file (`nepactl convert`), or (`to_hf`) nepa weights -> release directory.
+
+    From a release, `ema` reads its pytorch_model_ema.bin. With `to_hf`, `src` is a nepa
+    checkpoint or a run directory, and its EMA weights are exported when it has them.
+    """
+    src, out = Path(src), Path(out)
+    if to_hf:
+        cfg, sd = read_weights(src)
+        return write_release(out, cfg, sd)
+    if not src.exists():
+        raise ConversionError(f"{src} does not exist; give a release directory")
+    if not is_release_dir(src):
+        raise ConversionError(f"{src} is not a release directory (no config.json)")
+    if out.exists():
+        raise ConversionError(f"{out} already exists; choose a new output path")
+    cfg, sd = read_release(src, ema=ema)
+    return checkpoint.save(out, checkpoint.model_payload(cfg, sd, source=str(src.resolve())))

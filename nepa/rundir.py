@@ -1,7 +1,7 @@
 """The run directory: its file names, how files in it are written and read. Torch-free.
 
     RUN/run.json        RunInfo: what listings show without parsing configs (versioned)
-    RUN/config.yaml     resolved run config (nepa.runconfig)   RUN/eval.yaml  an evaluation's spec
+    RUN/config.yaml     resolved run config (nepa.train.runconfig)   RUN/eval.yaml  an evaluation's spec
     RUN/cluster.yaml    resolved cluster profile               RUN/ledger.jsonl  submit/requeue/end events
     RUN/checkpoints/    step_XXXXXXXX.pt, `latest` pointer, protected.json
     RUN/metrics.jsonl   one record per logged step             RUN/outcome.json  how the job ended

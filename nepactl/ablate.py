@@ -23,13 +23,13 @@ from nepa.config import ConfigError, from_dict, parse_names, suggest
 from nepactl import console, runs
 from nepactl.errors import CliError
 from nepactl.render import TEMPLATES, Rendered, parse_set, read_yaml, render
+from nepactl.status import ACTIVE_STATES
 
 ABLATIONS_FILE = "ablations.yaml"
 EVAL_SECTIONS = ("linprobe", "finetune")  # --set keys of the evaluations, not of pretraining
 TASKS = ("linprobe", "finetune")
 BASELINE = "baseline"
 RETRYABLE = ("FAILED", "CANCELLED")
-ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "STALLED")
 ARRAY_EXECUTORS = ("slurm",)  # executors whose pretraining runs go out as one job array
 
 
@@ -122,7 +122,7 @@ def member_name(prefix: str, variant: str, seed: int) -> str:
 
 def _member_state(root: Path, rendered: Rendered) -> str:
     """'new', or the existing run's state; an existing run must have the same config."""
-    from nepa.runconfig import load_run_config
+    from nepa.train.runconfig import load_run_config
     from nepactl.status import collect
 
     run_dir = root / rendered.run.name
@@ -188,15 +188,16 @@ def pretrain_members(plan: AblationPlan, *, retry_failed: bool) -> None:
         if new or retry:
             submit_array(plan, new, retry)
         return
-    from nepactl.submit import submit_job, submit_new
+    from nepactl.launch import job_for, launch_run
+    from nepactl.submit import submit_job
 
     for member in plan.members:
         run_dir = plan.root / member.name
         if member in new:
-            submit_new(member.rendered, plan.root, task="pretrain", size="tiny")
+            launch_run(member.rendered, plan.root, task="pretrain", size="tiny")
         elif member in retry:
-            submit_job(run_dir, attempt_cause="retry-failed")
-        elif member.state not in ACTIVE:
+            submit_job(run_dir, job_for(run_dir), attempt_cause="retry-failed")
+        elif member.state not in ACTIVE_STATES:
             continue  # done, or failed and not retried
         if plan.executor == "local":
             from nepactl.follow import follow_run
@@ -221,8 +222,9 @@ def fresh_array_dir(parent: Path) -> Path:
 def submit_array(plan: AblationPlan, new: list[Member], retry: list[Member]) -> list[str]:
     """New and retried runs as ONE submitit job array; each run's ledger gets its task id."""
     from nepactl.cluster import make_executor
-    from nepactl.job import TrainJob
-    from nepactl.submit import check_data, fill_run_dir
+    from nepactl.launch import check_data
+    from nepactl.submit import fill_run_dir
+    from nepactl.trainjob import TrainJob
 
     dirs = []
     for member in new:
@@ -271,7 +273,7 @@ def evaluate_members(plan: AblationPlan) -> None:
     states = {row.run: row.state for row in collect(plan.root, names)[0]} if names else {}
     for member in plan.members:
         state = states.get(member.name, "new")
-        if state != "COMPLETED" and not (plan.executor in ARRAY_EXECUTORS and state in ACTIVE):
+        if state != "COMPLETED" and not (plan.executor in ARRAY_EXECUTORS and state in ACTIVE_STATES):
             continue
         sets = plan.eval_sets
         if not any(s.startswith("linprobe.blocks") for s in sets):  # an intermediate block too
@@ -336,7 +338,7 @@ def ema_spread(run_dir: Path) -> float:
     from nepa.data import build_dataset, eval_transform
     from nepa.objective import embedding_spread
     from nepa.pretrained import load_pretrained
-    from nepa.runconfig import load_run_config
+    from nepa.train.runconfig import load_run_config
 
     data = load_run_config(run_dir).data
     val = build_dataset(data, "val", eval_transform(data.image_size, crop_pct=1.0))

@@ -40,8 +40,9 @@ def demo_name(precision: str, quick: bool = False) -> str:
 
 def pretrain_demo(root: Path, *, steps: int | None, fresh: bool, precision: str = "fp32",
                   quick: bool = False) -> Path:
+    from nepactl.launch import job_for, launch_run
     from nepactl.render import render
-    from nepactl.submit import submit_job, submit_new
+    from nepactl.submit import submit_job
 
     name = demo_name(precision, quick)
     steps = steps or (QUICK.steps if quick else None)
@@ -54,12 +55,12 @@ def pretrain_demo(root: Path, *, steps: int | None, fresh: bool, precision: str 
     rendered = render(size="tiny", cluster="local", name=name, sets=sets)
     outcome = runs.read_json(run_dir / "outcome.json")
     if not (run_dir / runs.RUN_INFO).is_file():
-        submit_new(rendered, root, task="pretrain", size="tiny")
+        launch_run(rendered, root, task="pretrain", size="tiny")
     elif outcome and outcome["status"] == "COMPLETED":
         console.hint(f"reusing the completed demo run in {run_dir} (--fresh starts over)")
         return run_dir
     else:
-        submit_job(run_dir, attempt_cause="resume")
+        submit_job(run_dir, job_for(run_dir), attempt_cause="resume")
     from nepactl.follow import follow_run
 
     outcome = follow_run(run_dir, rendered.run.train.max_steps)

@@ -2,7 +2,7 @@
 
 Each evaluation lives in `RUN/evals/<task>-<weights>-seed<S>/`, laid out like a run
 directory (eval.yaml instead of config.yaml), and is submitted through the same path as
-pretraining (`nepactl.submit.submit_job` → `nepactl.job.EvalJob`): preemptible, requeued,
+pretraining (`nepactl.submit.submit_job` of a `nepactl.evaljob.EvalJob`): preemptible, requeued,
 resumed from its own checkpoints. Combinations whose result exists are skipped.
 """
 
@@ -23,10 +23,10 @@ from nepactl import runs
 from nepactl.cluster import ClusterConfig
 from nepactl.errors import CliError
 from nepactl.render import TEMPLATES, cluster_profile_path, parse_set, read_yaml
+from nepactl.status import ACTIVE_STATES
 
 EVALS_DIR = "evals"
 DEFAULT_TASKS = ("finetune", "linprobe", "ade20k")
-ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "STALLED")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | No
             raise CliError(f"'{run_dir.name}' has no checkpoint of step {step}; steps: "
                            f"{', '.join(map(str, have)) or 'none yet'}")
         return str(path), f"step{step}", None
-    if row.state in ACTIVE:  # evaluate what the run ends with, once it ends well
+    if row.state in ACTIVE_STATES:  # evaluate what the run ends with, once it ends well
         if (runs.read_json(run_dir / runs.RUN_INFO) or {}).get("executor") != "slurm":
             raise CliError(f"'{run_dir.name}' is {row.state} on the local executor; "
                            "evaluate it when it has finished, or pick a saved --step")
@@ -169,7 +169,7 @@ def _state_of(eval_dir: Path) -> str:
     if ended and (runs.read_json(eval_dir / "outcome.json") or {}).get("status") == "FAILED":
         return "failed"
     (row,), _ = collect(eval_dir.parent, [eval_dir.name])
-    return "running" if row.state in ACTIVE else "resume"
+    return "running" if row.state in ACTIVE_STATES else "resume"
 
 
 def _covered_by_final(target: Path, task: str, label: str, seed: int) -> str | None:
@@ -210,7 +210,7 @@ def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple
         target = runs.find_run(root, run)
         path, label, dependency = _weights_of_run(target, step)
         size = (runs.read_json(target / runs.RUN_INFO) or {}).get("size", "custom")
-        from nepa.runconfig import load_run_config
+        from nepa.train.runconfig import load_run_config
 
         run_data = to_dict(load_run_config(target).data)
     else:
@@ -273,6 +273,7 @@ def submit_evals(plan: EvalPlan) -> list[tuple[PlannedEval, str | None]]:
     """Create and submit the planned evaluations; (planned, job id or None when skipped)."""
     import shutil
 
+    from nepactl.evaljob import EvalJob
     from nepactl.submit import submit_job
 
     todo = [p for p in plan.evals if not p.action.startswith("skip")]
@@ -289,12 +290,14 @@ def submit_evals(plan: EvalPlan) -> list[tuple[PlannedEval, str | None]]:
             (plan.target / EVALS_DIR).mkdir(exist_ok=True)
             runs.create_run(plan.target / EVALS_DIR, planned.name, lambda d, p=planned: _fill_eval(d, plan, p))
             try:
-                submission = submit_job(eval_dir, attempt_cause="new evaluation", dependency=planned.dependency)
+                submission = submit_job(eval_dir, EvalJob(eval_dir.resolve()), attempt_cause="new evaluation",
+                                        dependency=planned.dependency)
             except BaseException:
                 shutil.rmtree(eval_dir, ignore_errors=True)
                 raise
         elif planned.action == "resume":
-            submission = submit_job(eval_dir, attempt_cause="resume", dependency=planned.dependency)
+            submission = submit_job(eval_dir, EvalJob(eval_dir.resolve()), attempt_cause="resume",
+                                    dependency=planned.dependency)
         else:
             out.append((planned, None))
             continue

@@ -15,15 +15,15 @@ from typing import Any
 import yaml
 
 from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict, unknown_key
-from nepactl.chain import EvalChainConfig
 from nepactl.cluster import ClusterConfig
+from nepactl.specs import EvalChainConfig
 
 TEMPLATES = Path(os.environ.get("NEPA_TEMPLATES", Path(__file__).resolve().parents[1] / "templates"))
 
 
 @dataclass(frozen=True)
 class Rendered:
-    run: Any  # nepa.runconfig.RunConfig
+    run: Any  # nepa.train.runconfig.RunConfig
     cluster: ClusterConfig
     derived: dict[str, Any]
     layers: list[str]
@@ -55,7 +55,7 @@ def _check_layer(data: dict, source: str) -> None:
     """Unknown keys of one layer, named with the layer's file (sections: RunConfig + cluster)."""
     from typing import get_type_hints
 
-    from nepa.runconfig import RunConfig
+    from nepa.train.runconfig import RunConfig
 
     sections = {**get_type_hints(RunConfig), "cluster": ClusterConfig, "evals": EvalChainConfig}
     for section, value in data.items():
@@ -102,7 +102,7 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
            templates: Path = TEMPLATES) -> Rendered:
     """Resolve the precedence chain into a validated RunConfig + ClusterConfig."""
     from nepa.model_config import SIZES, resolve_size
-    from nepa.runconfig import RunConfig
+    from nepa.train.runconfig import RunConfig
 
     canonical = resolve_size(size)
     layers: list[tuple[str, dict]] = [(f"size preset {canonical}", {"model": SIZES[canonical]})]

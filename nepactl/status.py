@@ -18,6 +18,8 @@ from pathlib import Path
 from nepa import rundir
 from nepactl import runs
 
+# States of a run whose job may still do work (nothing new is submitted for it).
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "STALLED")
 STALE_HEARTBEAT_S = 600.0  # a rank silent this long while the scheduler says RUNNING: STALLED
 SCHEDULER_TIMEOUT_S = 10.0
 

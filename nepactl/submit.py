@@ -1,15 +1,19 @@
-"""Create a run directory from a rendered spec and submit its job through submitit."""
+"""The submission mechanism: fill a run directory, submit a job for it through submitit, cancel.
+
+It knows no job class: callers (nepactl.launch, nepactl.evaluate, ...) hand it the job.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -19,6 +23,7 @@ from nepactl import runs
 from nepactl.cluster import make_executor, sbatch_script
 from nepactl.errors import CliError
 from nepactl.render import Rendered
+from nepactl.specs import write_chain
 
 
 @dataclass(frozen=True)
@@ -28,15 +33,8 @@ class Submission:
     executor: str
 
 
-def check_data(rendered: Rendered) -> None:
-    """Validate the data path on the login node, before anything is queued."""
-    from nepa.data import check_dataset
-
-    check_dataset(rendered.run.data)
-
-
 def fill_run_dir(staging: Path, rendered: Rendered, task: str, size: str) -> None:
-    from nepa.runconfig import write_run_config
+    from nepa.train.runconfig import write_run_config
 
     write_run_config(staging, rendered.run, holder=staging.parent / rendered.run.name, runs_root=staging.parent)
     (staging / "cluster.yaml").write_text(yaml.safe_dump(to_dict(rendered.cluster), sort_keys=False))
@@ -46,8 +44,6 @@ def fill_run_dir(staging: Path, rendered: Rendered, task: str, size: str) -> Non
         gpus_per_node=rendered.cluster.gpus_per_node, executor=rendered.cluster.resolved_executor(),
         created=time.time(), max_steps=train.max_steps, derived=rendered.derived, layers=tuple(rendered.layers)))
     if rendered.chain.active:
-        from nepactl.chain import write_chain
-
         write_chain(staging, rendered.chain)
     runs.snapshot_code(staging / "code")
 
@@ -84,24 +80,23 @@ def _quiet_children():
             os.close(fd)
 
 
-def submit_job(run_dir: Path, *, attempt_cause: str, dependency: str | None = None) -> Submission:
-    """Submit (or resubmit) the run's job from its stored config and code snapshot.
+def submit_job(run_dir: Path, job: Callable[[], Any], *, attempt_cause: str,
+               dependency: str | None = None) -> Submission:
+    """Submit (or resubmit) `job` for a directory, with its stored cluster profile and code snapshot.
 
-    A directory holding an evaluation spec (eval.yaml) runs an EvalJob, else a TrainJob.
-    `dependency` (SLURM only) makes the job wait for that job to complete successfully; it
-    is not stored, so a later resume does not wait again.
+    `job` is a picklable callable (a PreemptibleJob of the directory). `dependency` (SLURM only)
+    makes it wait for that job to complete successfully; it is not stored, so a later resume
+    does not wait again.
     """
     from dataclasses import replace
 
     from nepa.config import from_dict
     from nepactl.cluster import ClusterConfig
-    from nepactl.job import EvalJob, TrainJob
 
     cluster = from_dict(ClusterConfig, yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {},
                         path="cluster", source=str(run_dir / "cluster.yaml"))
     if dependency and cluster.resolved_executor() == "slurm":
         cluster = replace(cluster, sbatch_extra={**cluster.sbatch_extra, "dependency": f"afterok:{dependency}"})
-    job_class = EvalJob if (run_dir / "eval.yaml").is_file() else TrainJob
     info = runs.read_json(run_dir / runs.RUN_INFO) or {}
     run_dir = run_dir.resolve()
     code_dir = run_dir / "code"
@@ -117,7 +112,7 @@ def submit_job(run_dir: Path, *, attempt_cause: str, dependency: str | None = No
         # submitit prints sbatch's stderr before raising; the error below says it in one line.
         quiet = _quiet_children() if kind == "local" else contextlib.redirect_stderr(io.StringIO())
         with quiet, _job_free_environment():
-            job = executor.submit(job_class(run_dir.resolve()))
+            submitted = executor.submit(job)
     except Exception as exc:
         message = str(exc).strip().splitlines()
         raise CliError(f"{kind} refused the job: {message[-1] if message else exc}; check the "
@@ -128,32 +123,10 @@ def submit_job(run_dir: Path, *, attempt_cause: str, dependency: str | None = No
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = previous
-    runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=kind, cause=attempt_cause)
+    runs.append_ledger(run_dir, "submit", job_id=str(submitted.job_id), executor=kind, cause=attempt_cause)
     if kind == "debug":  # submitit's debug executor runs the job in this process, on demand
-        job.result()
-    return Submission(run_dir, str(job.job_id), kind)
-
-
-def submit_new(rendered: Rendered, root: Path, *, task: str, size: str) -> Submission:
-    """Create the run directory and submit; on any failure nothing is left behind."""
-    from nepactl import chain
-
-    check_data(rendered)
-    if rendered.chain.active:
-        chain.validate(rendered.chain, rendered, size)
-    run_dir = runs.create_run(root, rendered.run.name, lambda d: fill_run_dir(d, rendered, task, size))
-    submission = None
-    try:
-        submission = submit_job(run_dir, attempt_cause="new run")
-        if rendered.chain.active and rendered.chain.on_complete and submission.executor == "slurm":
-            chain.submit_chained(run_dir, rendered.chain, None, why="on completion (afterok)")
-        return submission
-    except BaseException:
-        if submission is not None:  # all or nothing: the run's job goes with its evaluations
-            with contextlib.suppress(Exception):
-                cancel_jobs(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        submitted.result()
+    return Submission(run_dir, str(submitted.job_id), kind)
 
 
 def cancel_jobs(run_dir: Path) -> list[str]:

@@ -15,11 +15,11 @@ from nepa.convert import (
     RELEASE_CONFIG_KEYS,
     ConversionError,
     config_from_hf,
-    convert,
     read_release,
     write_release,
 )
 from nepa.model import build_model
+from nepa.pretrained import convert
 from tests.conftest import GOLDEN
 
 

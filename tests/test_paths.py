@@ -9,7 +9,7 @@ from pathlib import Path
 from nepa.evals.segmentation.config import SegmentationConfig
 from nepa.evals.spec import EvalSpec, dump_spec, load_spec
 from nepa.paths import resolve_stored, store_path
-from nepa.runconfig import RunConfig, load_run_config, write_run_config
+from nepa.train.runconfig import RunConfig, load_run_config, write_run_config
 
 
 def test_inside_the_runs_root_relative_to_the_holder_outside_absolute(tmp_path):

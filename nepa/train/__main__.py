@@ -11,8 +11,8 @@ import logging
 import signal
 import sys
 
-from nepa.runconfig import load_run_config
 from nepa.train.loop import EXIT_CODES, Trainer
+from nepa.train.runconfig import load_run_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,13 +27,13 @@ from nepa import data as nepa_data
 from nepa.config import to_dict
 from nepa.model import NepaViT
 from nepa.objective import embedding_spread, nepa_loss
-from nepa.runconfig import RunConfig, dump_yaml
 from nepa.rundir import atomic_write
 from nepa.train import distributed
 from nepa.train.checkpoints import CheckpointManager
 from nepa.train.ema import EMA
 from nepa.train.metrics import Heartbeat, MetricsLog
 from nepa.train.optim import base_lr, build_optimizer, lr_at, warmup_steps
+from nepa.train.runconfig import RunConfig, dump_yaml
 
 log = logging.getLogger("nepa.train")
 OUTCOME_FILE = "outcome.json"
@@ -399,6 +399,6 @@ def _memory_mb(device: torch.device) -> float:
 
 def train(run_dir: str | Path, **kwargs) -> RunResult:
     """Run (or resume) the pretraining stored in `run_dir` (its config.yaml)."""
-    from nepa.runconfig import load_run_config
+    from nepa.train.runconfig import load_run_config
 
     return Trainer(load_run_config(run_dir), run_dir, **kwargs).fit()

@@ -97,23 +97,11 @@ def resume(run: RunName, runs_root: RunsRoot = None) -> None:
 
     Example: nepactl resume my-run
     """
-    from nepactl.chain import read_chain, rechain
+    from nepactl.launch import resume_run
     from nepactl.runs import find_run
     from nepactl.runs import runs_root as resolve_root
-    from nepactl.status import collect
-    from nepactl.submit import submit_job
 
-    root = resolve_root(runs_root)
-    run_dir = find_run(root, run)
-    (row,), _ = collect(root, [run])
-    if row.state in ("RUNNING", "PENDING", "REQUEUED", "STALLED"):
-        raise CliError(f"'{run}' is {row.state} (job {row.job_id}); cancel it first if it is stuck")
-    if row.state == "COMPLETED":
-        raise CliError(f"'{run}' is COMPLETED; raise train.max_steps in a new run instead")
-    submission = submit_job(run_dir, attempt_cause="resume")
+    submission, moved = resume_run(find_run(resolve_root(runs_root), run))
     console.out.print(f"{run}\t{submission.executor} job {submission.job_id}")
-    chained = read_chain(run_dir)
-    if chained and chained.on_complete and submission.executor == "slurm":
-        moved = rechain(run_dir, submission.job_id)
-        if moved:
-            console.hint(f"final evaluations now wait for job {submission.job_id}: jobs {', '.join(moved)}")
+    if moved:
+        console.hint(f"final evaluations now wait for job {submission.job_id}: jobs {', '.join(moved)}")

@@ -26,7 +26,7 @@ def convert(
 
     Example: nepactl convert nepa-base-patch14-224/ nepa-base.pt
     """
-    from nepa.convert import convert as run_convert
+    from nepa.pretrained import convert as run_convert
 
     written = run_convert(src, out, to_hf=to_hf, ema=ema)
     console.out.print(str(written))

@@ -63,15 +63,15 @@ def pretrain(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNod
 
     Example: nepactl pretrain --size L --nodes 8 --cluster my-cluster.yaml --evals finetune,linprobe
     """
+    from nepactl.launch import launch_run
     from nepactl.runs import runs_root as resolve_root
-    from nepactl.submit import submit_new
 
     root = resolve_root(runs_root)
     rendered = _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals)
     if dry_run:
         _print_rendered(rendered, root)
         return
-    submission = submit_new(rendered, root, task="pretrain", size=size)
+    submission = launch_run(rendered, root, task="pretrain", size=size)
     console.out.print(f"{rendered.run.name}\t{submission.executor} job {submission.job_id}")
     chained = rendered.chain
     if chained.active:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from nepa.config import ConfigError
 from nepactl.app import app
-from nepactl.chain import EvalChainConfig
+from nepactl.specs import EvalChainConfig
 
 runner = CliRunner()
 TINY = ["--size", "tiny", "--set", "model.depth=2", "--set", "train.global_batch=32",

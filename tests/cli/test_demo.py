@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from nepa.runconfig import load_run_config
+from nepa.train.runconfig import load_run_config
 from nepactl.demo import demo_name, pretrain_demo
 from nepactl.runs import read_json
 

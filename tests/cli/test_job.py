@@ -11,7 +11,7 @@ import pytest
 import submitit
 
 from nepa.train.metrics import read_metrics
-from nepactl.job import TrainJob
+from nepactl.trainjob import TrainJob
 from tests.train.runs import make_run
 
 
@@ -56,7 +56,7 @@ def test_requeue_limits_count_preemptions_and_timeouts_separately(tmp_path):
     import yaml
 
     from nepactl import runs
-    from nepactl.job import requeue_limit_reached
+    from nepactl.preempt import requeue_limit_reached
 
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({"max_preemptions": 2, "max_timeouts": 1}))
     for cause in ("preemption", "preemption", "timeout"):
@@ -95,7 +95,7 @@ def test_eval_job_saves_on_the_signal_requeues_and_finishes_with_a_result(tmp_pa
     from nepa.evals.spec import SPEC_FILE, EvalSpec, dump_spec
     from nepa.model import build_model
     from nepactl import runs
-    from nepactl.job import EvalJob
+    from nepactl.evaljob import EvalJob
 
     model = build_model("tiny", depth=2)
     weights = checkpoint.save(tmp_path / "pretrained.pt",

@@ -12,9 +12,9 @@ import torch
 
 from nepa.data import DataConfig
 from nepa.model_config import model_config
-from nepa.runconfig import RunConfig, write_run_config
 from nepa.train import Callback
 from nepa.train.config import CheckpointConfig, EMAConfig, OptimConfig, TrainConfig
+from nepa.train.runconfig import RunConfig, write_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 

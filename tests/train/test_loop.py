@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from nepa.runconfig import load_run_config, write_run_config
 from nepa.train import RunStatus, Trainer
 from nepa.train.metrics import read_metrics
+from nepa.train.runconfig import load_run_config, write_run_config
 from tests.train.runs import StopAt, final_weights, launch, make_run, subprocess_env, tiny_config
 
 

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from nepa.runconfig import load_run_config
 from nepa.train import Trainer
+from nepa.train.runconfig import load_run_config
 from tests.train.runs import StopAt
 from tests.train.test_loop import LoggedIds
 

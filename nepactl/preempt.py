@@ -1,14 +1,15 @@
-"""The submitit job wrapper: runs `nepa.train` in a job and implements the preemption protocol.
+"""The preemption protocol every job follows (`PreemptibleJob`); jobs implement only their work.
 
 submitit's own handler checkpoints on rank 0 alone, inside the signal handler, and ignores
-SIGTERM. Instead, our handlers (installed after submitit's) only set the engine's stop flag;
+SIGTERM. Instead, our handlers (installed after submitit's) only set the work's stop flag;
 at the next step boundary all ranks agree, save together, and then:
 - warning signal (USR2, time limit or manual): rank 0 hands over to submitit's requeue logic
   (it classifies timeout vs preemption and counts timeouts down), which requeues the job;
 - SIGTERM (SLURM preemption with PreemptMode=REQUEUE): the same self-requeue, at once (SLURM
   would requeue only a job still running when GraceTime ends, and mark one that exits
   COMPLETED).
-The state lives on disk (the run directory), so the pickled job is just the run directory.
+The state lives on disk (the run directory), so the pickled job is just that directory.
+Every ending, a failure included, leaves an `end` record in the ledger.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from nepa.paths import store_path
 from nepactl import runs
 
-log = logging.getLogger("nepactl.job")
+log = logging.getLogger("nepactl.preempt")
 WARNING_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM for (--signal=USR2@delay)
 EXIT_TOO_MANY_REQUEUES = 4
 
@@ -89,132 +91,81 @@ def _after_stop(run_dir: Path, env: Any, received: list[int], submitit_handler: 
     log.info("stopped at step %d (%s, %s); exiting for the requeue", step, reason, cause)
 
 
-class TrainJob(submitit.helpers.Checkpointable):
-    """Pretrain (or resume) the run stored in `run_dir`."""
+@dataclass(frozen=True)
+class Ending:
+    """How the work ended: STOPPED (saved, to be requeued) or a final status."""
 
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = str(run_dir)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # The engine already saved everything to the run directory: requeue the same job.
-        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
-
-    def __call__(self) -> dict[str, Any]:
-        from nepa.runconfig import load_run_config
-        from nepa.train import EXIT_CODES, RunStatus, Trainer
-        from nepactl.chain import milestone_callback, read_chain, submit_from_job
-
-        run_dir = Path(self.run_dir)
-        env = _start_attempt(run_dir)
-        submitit_handler = _submitit_handler()
-        chain = read_chain(run_dir)
-        # On SLURM the final evaluations were submitted with the run (afterok); elsewhere the
-        # job submits them when it completes.
-        on_slurm = (runs.read_json(run_dir / runs.RUN_INFO) or {}).get("executor") == "slurm"
-        callbacks = [milestone_callback(run_dir, chain, final_chained=chain.on_complete and on_slurm)] \
-            if chain and chain.at_steps else []
-        trainer = Trainer(load_run_config(run_dir), run_dir, callbacks=callbacks)
-        received = _install_stop_handlers(trainer.request_stop)
-        result = trainer.fit()
-        # The run is saved or finished: a warning signal or SIGTERM arriving from here on has
-        # nothing left to stop. Ignore them (SIG_IGN survives interpreter shutdown, which
-        # resets Python handlers to the default action: a late USR2 would then kill the
-        # finished process and SLURM would record the completed run as FAILED).
-        _ignore_stop_signals()
-        outcome = {"status": result.status.value, "step": result.step, "rank": env.global_rank,
-                   "reason": result.stop_reason, "save_seconds": result.save_seconds}
-        if result.status is RunStatus.STOPPED:
-            _after_stop(run_dir, env, received, submitit_handler, step=result.step,
-                        reason=result.stop_reason, save_seconds=result.save_seconds)
-            return outcome
-        if env.global_rank == 0:
-            runs.append_ledger(run_dir, "end", job_id=str(env.job_id), status=result.status.value,
-                               step=result.step, exit_code=EXIT_CODES[result.status])
-            if chain and chain.on_complete and not on_slurm and result.status is RunStatus.COMPLETED:
-                submit_from_job(run_dir, chain, result.step, why="on completion")
-        if EXIT_CODES[result.status]:
-            log.error("run ended %s at step %d", result.status.value, result.step)
-            sys.exit(EXIT_CODES[result.status])
-        return outcome
+    status: str  # "STOPPED", "COMPLETED", "DIVERGED", "FAILED", ...
+    step: int
+    exit_code: int = 0
+    reason: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # what the job returns (submitit's result)
+    save_seconds: float | None = None
 
 
-class EvalJob(submitit.helpers.Checkpointable):
-    """Run (or resume) the evaluation stored in `eval_dir` (see nepactl.evaluate)."""
+class PreemptibleJob(submitit.helpers.Checkpointable):
+    """A job over one directory: attempt records, stop signals, collective save, requeue, `end`.
 
-    def __init__(self, eval_dir: str | Path):
-        self.eval_dir = str(eval_dir)
+    Subclasses implement `start` (build the work, return its stop-request function) and
+    `work` (run it, return an Ending), and may record their own outcome in `finished`.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = str(directory)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(EvalJob(self.eval_dir))
+        # The work saved everything to the directory already: requeue the same job.
+        return submitit.helpers.DelayedSubmission(type(self)(self.directory))
+
+    def start(self, directory: Path, env: Any) -> Callable[[str], None]:
+        raise NotImplementedError
+
+    def work(self) -> Ending:
+        raise NotImplementedError
+
+    def finished(self, directory: Path, env: Any, ending: Ending) -> None:
+        """Rank 0, after a final (not STOPPED) ending, before its `end` record."""
 
     def __call__(self) -> dict[str, Any]:
-        from nepa.evals.common import EvalControl
-        from nepa.evals.runner import run_eval
-        from nepa.evals.spec import load_spec
-
-        eval_dir = Path(self.eval_dir)
-        env = _start_attempt(eval_dir)
+        directory = Path(self.directory)
+        env = _start_attempt(directory)
         submitit_handler = _submitit_handler()
-        spec = load_spec(eval_dir)
-        control = EvalControl(progress=_ProgressFile(eval_dir / PROGRESS_FILE) if env.global_rank == 0 else None)
-        received = _install_stop_handlers(control.request_stop)
-        started = time.time()
         try:
-            outcome, weights = run_eval(spec, eval_dir, control)
+            received = _install_stop_handlers(self.start(directory, env))
+            ending = self.work()
         except BaseException as exc:
-            if not isinstance(exc, SystemExit):
-                runs.write_json(eval_dir / "outcome.json", {"status": "FAILED", "error": str(exc)[:2000]})
-                runs.append_ledger(eval_dir, "end", job_id=str(env.job_id), status="FAILED",
-                                   exit_code=1, reason=str(exc)[:500])
+            if not isinstance(exc, SystemExit) and env.global_rank == 0:
+                _record_failure(directory, env, exc)
             raise
+        # Saved or finished: a warning signal or SIGTERM arriving from here on has nothing
+        # left to stop. Ignore them (SIG_IGN survives interpreter shutdown, which resets
+        # Python handlers to the default action: a late USR2 would then kill the finished
+        # process and SLURM would record the completed run as FAILED).
         _ignore_stop_signals()
-        record = {"status": outcome.status, "step": outcome.step, "total_steps": outcome.total_steps}
-        if outcome.status == "STOPPED":
-            if env.global_rank == 0:
-                runs.write_json(eval_dir / "outcome.json", record)
-            _after_stop(eval_dir, env, received, submitit_handler, step=outcome.step,
-                        reason=control.stop_reason, save_seconds=None)
-            return record
+        if ending.status == "STOPPED":
+            _after_stop(directory, env, received, submitit_handler, step=ending.step,
+                        reason=ending.reason, save_seconds=ending.save_seconds)
+            return ending.record
         if env.global_rank == 0:
-            write_eval_result(eval_dir, spec, outcome, weights, seconds=time.time() - started)
-            runs.write_json(eval_dir / "outcome.json", record)
-            runs.append_ledger(eval_dir, "end", job_id=str(env.job_id), status="COMPLETED",
-                               step=outcome.step, exit_code=0)
-        return record
+            self.finished(directory, env, ending)
+            runs.append_ledger(directory, "end", job_id=str(env.job_id), status=ending.status,
+                               step=ending.step, exit_code=ending.exit_code)
+        if ending.exit_code:
+            log.error("ended %s at step %d", ending.status, ending.step)
+            sys.exit(ending.exit_code)
+        return ending.record
 
 
-PROGRESS_FILE = "progress.json"
-
-
-class _ProgressFile:
-    """Writes the newest progress record at most once a second (status reads it)."""
-
-    def __init__(self, path: Path):
-        self.path, self.last = path, 0.0
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        now = time.time()
-        if now - self.last >= 1.0 or record.get("step") == record.get("total"):
-            self.last = now
-            runs.write_json(self.path, {**record, "time": now})
-
-
-def write_eval_result(eval_dir: Path, spec: Any, outcome: Any, weights: Any, *, seconds: float) -> Path:
-    """result.json of a finished evaluation (schema in nepa.evals.results)."""
-    from dataclasses import asdict
-
-    from nepa.evals.results import RESULT_FILE, make_result, write_result
-
-    info = runs.read_json(eval_dir / runs.RUN_INFO) or {}
-    metrics = [{"metric": m.name, "value": float(m.value), "weights": m.weights, "split": m.split,
-                "detail": m.detail} for m in outcome.metrics]
-    checkpoint = asdict(weights)  # its path by nepa.paths' rule: the runs root holds RUN/evals/NAME
-    checkpoint["path"] = store_path(checkpoint["path"], eval_dir, eval_dir.resolve().parents[2])
-    doc = make_result(run=info.get("run", eval_dir.parent.parent.name), task=spec.task, seed=spec.seed,
-                      protocol=spec.protocol, checkpoint=checkpoint, metrics=metrics,
-                      curves=outcome.curves, extra={"size": info.get("size"), "seconds": seconds,
-                                                    "steps": outcome.step})
-    return write_result(eval_dir / RESULT_FILE, doc)
+def _record_failure(directory: Path, env: Any, exc: BaseException) -> None:
+    """outcome.json and the ledger say why the job failed (one line, for status and results)."""
+    reason = f"{type(exc).__name__}: {exc}".strip()[:500]
+    try:
+        runs.write_json(directory / "outcome.json", {"status": "FAILED", "error": str(exc)[:2000],
+                                                     "reason": reason})
+        runs.append_ledger(directory, "end", job_id=str(env.job_id), status="FAILED", exit_code=1,
+                           reason=reason)
+    except OSError:  # the directory itself is what failed: the log keeps the traceback
+        log.exception("could not record the failure in %s", directory)
 
 
 def was_cancelled(run_dir: Path) -> bool:

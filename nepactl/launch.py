@@ -1,0 +1,70 @@
+"""Use cases over whole runs: launch a new pretraining run, resume a run or an evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nepactl import runs
+from nepactl.errors import CliError
+from nepactl.evaljob import EvalJob
+from nepactl.render import Rendered
+from nepactl.status import ACTIVE_STATES
+from nepactl.submit import Submission, cancel_jobs, fill_run_dir, submit_job
+from nepactl.trainjob import TrainJob
+
+
+def job_for(directory: Path) -> Any:
+    """The job that runs a directory: an evaluation (eval.yaml) or a pretraining run."""
+    directory = directory.resolve()
+    return EvalJob(directory) if (directory / "eval.yaml").is_file() else TrainJob(directory)
+
+
+def check_data(rendered: Rendered) -> None:
+    """Validate the data path on the login node, before anything is queued."""
+    from nepa.data import check_dataset
+
+    check_dataset(rendered.run.data)
+
+
+def launch_run(rendered: Rendered, root: Path, *, task: str, size: str) -> Submission:
+    """Create the run directory and submit; on any failure nothing is left behind."""
+    from nepactl import chain
+
+    check_data(rendered)
+    if rendered.chain.active:
+        chain.validate(rendered.chain, rendered, size)
+    run_dir = runs.create_run(root, rendered.run.name, lambda d: fill_run_dir(d, rendered, task, size))
+    submission = None
+    try:
+        submission = submit_job(run_dir, job_for(run_dir), attempt_cause="new run")
+        if rendered.chain.active and rendered.chain.on_complete and submission.executor == "slurm":
+            chain.submit_chained(run_dir, rendered.chain, None, why="on completion (afterok)")
+        return submission
+    except BaseException:
+        if submission is not None:  # all or nothing: the run's job goes with its evaluations
+            with contextlib.suppress(Exception):
+                cancel_jobs(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def resume_run(run_dir: Path, *, cause: str = "resume") -> tuple[Submission, list[str]]:
+    """Resubmit a run that is not active; final chained evaluations wait for the new job (their
+    new job ids are returned)."""
+    from nepactl.chain import rechain
+    from nepactl.specs import read_chain
+    from nepactl.status import collect
+
+    (row,), _ = collect(run_dir.parent, [run_dir.name])
+    if row.state in ACTIVE_STATES:
+        raise CliError(f"'{run_dir.name}' is {row.state} (job {row.job_id}); cancel it first if it is stuck")
+    if row.state == "COMPLETED":
+        raise CliError(f"'{run_dir.name}' is COMPLETED; raise train.max_steps in a new run instead")
+    submission = submit_job(run_dir, job_for(run_dir), attempt_cause=cause)
+    chained = read_chain(run_dir)
+    moved = rechain(run_dir, submission.job_id) if chained and chained.on_complete and \
+        submission.executor == "slurm" else []
+    return submission, moved
