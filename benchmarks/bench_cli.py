@@ -1,7 +1,8 @@
-"""CLI latency: `nepactl --help` and `nepactl status` over N run directories, medians.
+"""CLI latency: `nepactl --help`, the L/8-node dry run and `nepactl status` over N runs, medians.
 
-Targets: --help < 0.25 s; status over 1,000 runs < 0.5 s, growing no worse than linearly.
-Each measurement is a fresh process (what a user waits for), repeated; medians and spreads.
+Targets: --help < 0.25 s; `pretrain --size L --nodes 8 --dry-run` on a generated ImageFolder
+< 1.0 s; status over 1,000 runs < 0.5 s, growing no worse than linearly. Each measurement is a
+fresh process of the installed `nepactl` entry point (what a user waits for), repeated.
 
     .venv/bin/python benchmarks/bench_cli.py --repeats 7
 """
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-NEPACTL = [sys.executable, "-m", "nepactl"]
+NEPACTL = [str(Path(sys.executable).parent / "nepactl")]  # the installed entry point
 
 
 def make_runs(root: Path, count: int) -> None:
@@ -33,6 +34,19 @@ def make_runs(root: Path, count: int) -> None:
             for step in range(1, 201):
                 f.write(json.dumps({"step": step, "loss": -0.5, "time": time.time()}) + "\n")
         (d / "outcome.json").write_text(json.dumps({"status": "COMPLETED", "step": 1000, "total_steps": 1000}))
+
+
+def make_imagefolder(root: Path, classes: int = 10, per_class: int = 20) -> Path:
+    """A small ImageFolder (train and val) of 8x8 PNGs."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(classes):
+            directory = root / split / f"class{c:03d}"
+            directory.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (8, 8), (c * 20, i, 0)).save(directory / f"{i}.png")
+    return root
 
 
 def timed(args: list[str], repeats: int) -> list[float]:
@@ -55,6 +69,11 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         python_only.append(time.perf_counter() - start)
     rows.insert(0, ("python -c pass (floor)", python_only))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_imagefolder(Path(tmp) / "imagefolder")
+        rows.append(("pretrain --size L --nodes 8 --dry-run (ImageFolder)", timed(
+            ["pretrain", "--size", "L", "--nodes", "8", "--dry-run", "--set", "data.source=imagefolder",
+             "--set", f"data.path={data}", "--runs-root", str(Path(tmp) / "runs")], args.repeats)))
     for count in (10, 100, 1000):
         with tempfile.TemporaryDirectory() as tmp:
             make_runs(Path(tmp), count)
@@ -64,7 +83,7 @@ def main() -> None:
     print("|---|---|---|")
     for label, times in rows:
         print(f"| {label} | {statistics.median(times):.3f} | {min(times):.3f}-{max(times):.3f} |")
-    s10, s1000 = statistics.median(rows[2][1]), statistics.median(rows[4][1])
+    s10, s1000 = statistics.median(rows[3][1]), statistics.median(rows[5][1])
     print(f"status growth 10 -> 1000 runs: +{s1000 - s10:.3f} s "
           f"({(s1000 - s10) / 990 * 1000:.2f} ms per run)")
 

@@ -228,7 +228,7 @@ def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple
         spec, layers = render_spec(task=task, size=size, weights=path, seed=seed, random_init=random,
                                    run_data=run_data, files=files, sets=sets, templates=templates)
         if task == "finetune":  # its batch must split over the job's processes, checked now
-            from nepa.data.sampler import accumulation
+            from nepa.data.config import accumulation
 
             try:
                 accumulation(spec.finetune.global_batch, spec.finetune.micro_batch,

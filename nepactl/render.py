@@ -151,7 +151,7 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
 
 def derive(run) -> dict[str, Any]:
     """Values computed from the config, shown next to their inputs."""
-    from nepa.train.optim import base_lr
+    from nepa.train.config import base_lr
 
     train = run.train
     derived = {

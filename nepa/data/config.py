@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from nepa.config import check
+from nepa.config import ConfigError, check
 from nepa.errors import NepaError
 
 Source = Literal["digits", "imagefolder", "hf", "wds"]
@@ -75,3 +75,12 @@ class DataConfig:
         """The source's name of the train or val split."""
         check(split in ("train", "val"), "split", f"{split!r} is not 'train' or 'val'")
         return self.train_split if split == "train" else self.val_split  # type: ignore[return-value]
+
+
+def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """Micro-steps per optimizer step; global_batch must split exactly over ranks."""
+    if min(global_batch, micro_batch, world_size) < 1 or global_batch % (world_size * micro_batch):
+        raise ConfigError(
+            f"global batch {global_batch} is not divisible by world size {world_size} x "
+            f"micro batch {micro_batch}; change train.micro_batch or train.global_batch")
+    return global_batch // (world_size * micro_batch)

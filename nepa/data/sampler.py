@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from nepa.config import ConfigError
+from nepa.data.config import accumulation
 
 
 def mix_seed(*parts: object) -> int:
@@ -77,15 +78,6 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of one epoch: a function of (seed, epoch) only."""
     generator = torch.Generator().manual_seed(mix_seed(seed, epoch))
     return torch.randperm(num_samples, generator=generator)
-
-
-def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """Micro-steps per optimizer step; global_batch must split exactly over ranks."""
-    if min(global_batch, micro_batch, world_size) < 1 or global_batch % (world_size * micro_batch):
-        raise ConfigError(
-            f"global batch {global_batch} is not divisible by world size {world_size} x "
-            f"micro batch {micro_batch}; change train.micro_batch or train.global_batch")
-    return global_batch // (world_size * micro_batch)
 
 
 class ResumableSampler(Sampler[int]):

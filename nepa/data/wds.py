@@ -38,9 +38,9 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from nepa.data.config import DataConfig, DataError, SplitNotFound
+from nepa.data.config import DataConfig, DataError, SplitNotFound, accumulation
 from nepa.data.images import decode_image
-from nepa.data.sampler import accumulation, item_seed, mix_seed, rng_sources, seeded
+from nepa.data.sampler import item_seed, mix_seed, rng_sources, seeded
 from nepa.data.tarfiles import iter_samples
 
 log = logging.getLogger("nepa.data")

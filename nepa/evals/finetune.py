@@ -37,8 +37,8 @@ import nepa
 from nepa import checkpoint, rundir
 from nepa import data as nepa_data
 from nepa.config import ConfigError, check, to_dict
-from nepa.data.config import DataConfig
-from nepa.data.sampler import accumulation, mix_seed
+from nepa.data.config import DataConfig, accumulation
+from nepa.data.sampler import mix_seed
 from nepa.evals.classify import evaluate_classifiers
 from nepa.evals.common import EvalControl, EvalOutcome, Metric
 from nepa.evals.layer_decay import LayerDecaySchedule, Ramp, Schedule, param_groups

@@ -111,3 +111,12 @@ class TrainConfig:
     @property
     def accumulation(self) -> int:
         return self.global_batch // (self.world_size * self.micro_batch)
+
+
+def base_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """lr = blr x global_batch / 256, unless an absolute lr is given."""
+    return cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
+
+
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    return cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_fraction * total_steps)

@@ -30,9 +30,10 @@ from nepa.objective import embedding_spread, nepa_loss
 from nepa.rundir import atomic_write
 from nepa.train import distributed
 from nepa.train.checkpoints import CheckpointManager
+from nepa.train.config import base_lr, warmup_steps
 from nepa.train.ema import EMA
 from nepa.train.metrics import Heartbeat, MetricsLog
-from nepa.train.optim import base_lr, build_optimizer, lr_at, warmup_steps
+from nepa.train.optim import build_optimizer, lr_at
 from nepa.train.runconfig import RunConfig, dump_yaml
 
 log = logging.getLogger("nepa.train")

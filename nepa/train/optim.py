@@ -27,15 +27,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def base_lr(cfg: OptimConfig, global_batch: int) -> float:
-    """lr = blr x global_batch / 256, unless an absolute lr is given."""
-    return cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
-
-
-def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
-    return cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_fraction * total_steps)
-
-
 def lr_at(step: int, *, peak: float, total_steps: int, warmup: int, floor: float = 0.0) -> float:
     """Linear warmup to `peak` over `warmup` steps, then cosine to `floor` at `total_steps`."""
     if step < warmup:

@@ -13,10 +13,10 @@ from nepa.config import ConfigError
 from nepa.model import build_model
 from nepa.train import distributed
 from nepa.train.checkpoints import CheckpointManager
-from nepa.train.config import CheckpointConfig, EMAConfig, OptimConfig, TrainConfig
+from nepa.train.config import CheckpointConfig, EMAConfig, OptimConfig, TrainConfig, base_lr, warmup_steps
 from nepa.train.ema import EMA
 from nepa.train.metrics import MetricsLog, read_metrics
-from nepa.train.optim import base_lr, lr_at, param_groups, warmup_steps
+from nepa.train.optim import lr_at, param_groups
 
 
 def test_weight_decay_follows_the_release_exclusions():
