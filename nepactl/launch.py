@@ -63,8 +63,35 @@ def resume_run(run_dir: Path, *, cause: str = "resume") -> tuple[Submission, lis
         raise CliError(f"'{run_dir.name}' is {row.state} (job {row.job_id}); cancel it first if it is stuck")
     if row.state == "COMPLETED":
         raise CliError(f"'{run_dir.name}' is COMPLETED; raise train.max_steps in a new run instead")
+    upgrade_run(run_dir)
     submission = submit_job(run_dir, job_for(run_dir), attempt_cause=cause)
     chained = read_chain(run_dir)
     moved = rechain(run_dir, submission.job_id) if chained and chained.on_complete and \
         submission.executor == "slurm" else []
     return submission, moved
+
+
+def upgrade_run(run_dir: Path) -> None:
+    """Bring a run directory of an older format to this one before a job runs in it again.
+
+    Its code snapshot predates this version's job classes (the job is pickled by this code and
+    unpickled by the snapshot), so a new one is taken and the old one kept as code.formatN.
+    """
+    from dataclasses import replace
+
+    from nepa import rundir
+
+    info = rundir.read_run_info(run_dir)
+    if info is None or info.format >= rundir.FORMAT_VERSION:
+        return
+    data_path = (runs.read_yaml_mapping(run_dir / "config.yaml").get("data") or {}).get("path")
+    if data_path and not Path(data_path).is_absolute():
+        raise CliError(f"{run_dir / 'config.yaml'}: data.path '{data_path}' is relative (written by an older "
+                       "nepactl, relative to a directory no longer known); make it absolute, then resume")
+    kept = run_dir / f"code.format{info.format}"
+    if (run_dir / "code").is_dir() and not kept.exists():
+        (run_dir / "code").rename(kept)
+    runs.snapshot_code(run_dir / "code")
+    rundir.write_run_info(run_dir, replace(info, format=rundir.FORMAT_VERSION))
+    runs.append_ledger(run_dir, "upgrade", from_format=info.format, to_format=rundir.FORMAT_VERSION,
+                       kept=kept.name)

@@ -134,3 +134,14 @@ def iter_heartbeats(run_dir: Path) -> Iterator[dict[str, Any]]:
             beat = read_json(path)
             if beat is not None:
                 yield beat
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping ({} when missing or not a mapping)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
