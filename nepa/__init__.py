@@ -4,21 +4,15 @@ The public names are imported lazily, so that torch-free parts (config, errors) 
 by the CLI without paying for `import torch`.
 """
 
-from importlib import import_module
+from nepa.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "ModelConfig": "nepa.model",
+    "ModelConfig": "nepa.model_config",
     "NepaViT": "nepa.model",
     "build_model": "nepa.model",
     "nepa_loss": "nepa.objective",
     "load_pretrained": "nepa.pretrained",
 }
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'nepa' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -7,7 +7,7 @@ drops and counts unreadable ones. See docs/data.md.
 Names are imported lazily so that `nepa.data.config` stays torch-free.
 """
 
-from importlib import import_module
+from nepa.lazy import lazy_exports
 
 _PUBLIC = {
     "DataConfig": "nepa.data.config",
@@ -33,10 +33,4 @@ _PUBLIC = {
     "pack_shards": "nepa.data.pack",
     "check_dataset": "nepa.data.check",
 }
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'nepa.data' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -1,12 +1,6 @@
 """The pretraining engine: loop, optimizer/schedule, EMA, checkpoints, metrics, distributed."""
 
-from importlib import import_module
+from nepa.lazy import lazy_exports
 
-_PUBLIC = ("EXIT_CODES", "Callback", "RunResult", "RunStatus", "Trainer", "train")
-__all__ = list(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(import_module("nepa.train.loop"), name)
-    raise AttributeError(f"module 'nepa.train' has no attribute {name!r}")
+_PUBLIC = dict.fromkeys(("EXIT_CODES", "Callback", "RunResult", "RunStatus", "Trainer", "train"), "nepa.train.loop")
+__getattr__, __all__ = lazy_exports(__name__, _PUBLIC)

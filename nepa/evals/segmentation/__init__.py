@@ -9,7 +9,7 @@ built: importing this package, `config` or `tiny_ade` stays light.
 - `run`: `run_segmentation`, the preemptible, resumable entry point
 """
 
-from importlib import import_module
+from nepa.lazy import lazy_exports
 
 _PUBLIC = {
     "SegmentationConfig": "nepa.evals.segmentation.config",
@@ -17,10 +17,4 @@ _PUBLIC = {
     "make_tiny_ade20k": "nepa.evals.segmentation.tiny_ade",
     "run_segmentation": "nepa.evals.segmentation.run",
 }
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'nepa.evals.segmentation' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _PUBLIC)
