@@ -20,6 +20,7 @@ from typing import Any
 
 from nepa import rundir
 from nepa.config import ConfigError, from_dict, parse_names, suggest
+from nepa.train.runconfig import RunConfig
 from nepactl import console, runs
 from nepactl.errors import CliError
 from nepactl.render import TEMPLATES, Rendered, parse_set, read_yaml, render
@@ -135,7 +136,7 @@ def _member_state(root: Path, rendered: Rendered) -> str:
     return row.state
 
 
-def _comparable(run: Any) -> dict:
+def _comparable(run: RunConfig) -> dict:
     """A run config as a dict whose data path is absolute, however it was written."""
     from nepa.config import to_dict
 

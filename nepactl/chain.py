@@ -23,12 +23,13 @@ import yaml
 
 from nepa.config import ConfigError, from_dict, to_dict
 from nepactl import runs
+from nepactl.render import Rendered
 from nepactl.specs import EvalChainConfig
 
 log = logging.getLogger("nepactl.chain")
 
 
-def validate(chain: EvalChainConfig, rendered: Any, size: str) -> None:
+def validate(chain: EvalChainConfig, rendered: Rendered, size: str) -> None:
     """Render every chained evaluation's spec now: a wrong path fails before submission."""
     from nepactl.evaluate import render_spec
 

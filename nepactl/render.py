@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict, unknown_key
+from nepa.train.runconfig import RunConfig
 from nepactl.cluster import ClusterConfig
 from nepactl.specs import EvalChainConfig
 
@@ -23,7 +24,7 @@ TEMPLATES = Path(os.environ.get("NEPA_TEMPLATES", Path(__file__).resolve().paren
 
 @dataclass(frozen=True)
 class Rendered:
-    run: Any  # nepa.train.runconfig.RunConfig
+    run: RunConfig
     cluster: ClusterConfig
     derived: dict[str, Any]
     layers: list[str]
@@ -54,8 +55,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def _check_layer(data: dict, source: str) -> None:
     """Unknown keys of one layer, named with the layer's file (sections: RunConfig + cluster)."""
     from typing import get_type_hints
-
-    from nepa.train.runconfig import RunConfig
 
     sections = {**get_type_hints(RunConfig), "cluster": ClusterConfig, "evals": EvalChainConfig}
     for section, value in data.items():
@@ -102,7 +101,6 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
            templates: Path = TEMPLATES) -> Rendered:
     """Resolve the precedence chain into a validated RunConfig + ClusterConfig."""
     from nepa.model_config import SIZES, resolve_size
-    from nepa.train.runconfig import RunConfig
 
     canonical = resolve_size(size)
     layers: list[tuple[str, dict]] = [(f"size preset {canonical}", {"model": SIZES[canonical]})]
@@ -149,7 +147,7 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
     return Rendered(run, cluster_cfg, derive(run), [source for source, _ in layers], chain)
 
 
-def derive(run) -> dict[str, Any]:
+def derive(run: RunConfig) -> dict[str, Any]:
     """Values computed from the config, shown next to their inputs."""
     from nepa.train.config import base_lr
 
