@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 log = logging.getLogger("nepa.data")
 
@@ -55,8 +54,11 @@ def keep_encoded(data: bytes, where: str) -> tuple[bytes, str] | None:
     return buffer.getvalue(), "png"
 
 
-class ImageDataset(Dataset, abc.ABC):
+class ImageDataset(abc.ABC):
     """Items `{"image", "label", "index"}` (or None when the image is unreadable).
+
+    A map-style dataset (`len` and indexing: all torch's DataLoader needs) that imports no
+    torch, so the login node lists and counts a data set without it.
 
     Subclasses provide `classes`, `labels` (one int per item) and `load(index)`; `where(index)`
     names an item in messages. Without a transform the image stays a PIL image.

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
-
-from torch.utils.data import Dataset
+from typing import Any, Literal
 
 from nepa.data.config import DataConfig
 
 Split = Literal["train", "val"]
 
 
-def build_dataset(cfg: DataConfig, split: Split, transform: Callable | None) -> Dataset:
+def build_dataset(cfg: DataConfig, split: Split, transform: Callable | None) -> Any:
     """The `split` ("train" or "val") of `cfg.source`, with `transform` applied to each image.
 
     digits, imagefolder and hf give map-style datasets; wds gives a ShardDataset (iterable,

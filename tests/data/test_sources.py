@@ -123,3 +123,37 @@ def test_wds_missing_index_and_split(tmp_path, packed):
         build_dataset(DataConfig(source="wds", path=str(tmp_path)), "train", None)
     with pytest.raises(SplitNotFound, match="wds val split 'test' not found"):
         build_dataset(DataConfig(source="wds", path=str(packed), val_split="test"), "val", None)
+
+
+def test_imagefolder_index_equals_torchvisions_and_counting_needs_no_torch(tmp_path):
+    """The torch-free scan gives torchvision's classes, order and extensions; the login-node check
+    (check_dataset) of an ImageFolder and of the digits never imports torch."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS as TV_EXTENSIONS
+    from torchvision.datasets.folder import make_dataset as tv_make_dataset
+
+    from nepa.data.imagefolder import IMG_EXTENSIONS, ImageFolderDataset
+
+    for split, classes in (("train", ("b", "a", "c")), ("val", ("a", "b"))):
+        for name in classes:
+            nested = tmp_path / split / name / "sub"
+            nested.mkdir(parents=True)
+            for i, ext in enumerate((".png", ".JPG", ".webp")):  # names out of order, any case
+                Image.new("RGB", (4, 4)).save(nested.parent / f"{3 - i}{ext}", format="PNG")
+            (nested.parent / "notes.txt").write_text("not an image")
+            Image.new("RGB", (4, 4)).save(nested / "z.png")
+    assert IMG_EXTENSIONS == TV_EXTENSIONS
+    for split in ("train", "val"):
+        mine = ImageFolderDataset(tmp_path, split, role=split)
+        theirs = tv_make_dataset(str(tmp_path / split), {c: i for i, c in enumerate(["a", "b", "c"])},
+                                 extensions=TV_EXTENSIONS, allow_empty=True)
+        assert list(zip(mine.paths, mine.labels)) == theirs
+    code = ("import sys; from nepa.data import DataConfig, check_dataset\n"
+            f"check_dataset(DataConfig(source='imagefolder', path={str(tmp_path)!r}))\n"
+            "check_dataset(DataConfig())\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
