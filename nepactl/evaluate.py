@@ -132,7 +132,7 @@ def render_spec(*, task: str, size: str, weights: str, seed: int, random_init: b
     spec = from_dict(EvalSpec, merged)
     demo = size == "tiny" or spec.data.source == "digits"
     if task == "ade20k":
-        from nepa.evals.runner import GENERATED_ADE
+        from nepa.evals.segmentation.config import GENERATED_ADE
 
         root = spec.segmentation.data_root
         demo = demo or root == GENERATED_ADE
@@ -200,8 +200,6 @@ def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple
                files: tuple[Path, ...] = (), sets: tuple[str, ...] = (), name: str | None = None,
                templates: Path = TEMPLATES) -> EvalPlan:
     """What `nepactl eval` would do, without creating anything."""
-    from nepa.pretrained import read_weights
-
     if (run is None) == (weights is None):
         raise CliError("give a run name or --weights PATH (not both)")
     dependency = None
@@ -215,6 +213,8 @@ def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple
         run_data = to_dict(load_run_config(target).data)
     else:
         source = Path(weights).expanduser().resolve()
+        from nepa.pretrained import read_weights  # a file given by hand: its config is in the weights
+
         model_cfg, _ = read_weights(source)
         size = size_of(model_cfg)
         path, label = str(source), "weights"

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nepa.evals.common import EvalControl, EvalOutcome
+from nepa.evals.segmentation.config import GENERATED_ADE
 from nepa.evals.spec import EvalSpec
 
 RANDOM_INIT_FILE = "random_init.pt"
-GENERATED_ADE = "generated:tiny-ade20k"  # segmentation.data_root of the demo protocol
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ MEAN_PIXEL = [127.5, 127.5, 127.5]  # the release normalises with mean = std = 0
 BACKBONE_MODULE = "nepa.evals.segmentation.backbone"  # registers NepaBackbone and the constructor
 
 
+GENERATED_ADE = "generated:tiny-ade20k"  # data_root of the demo protocol: made by the job
+
+
 @dataclass(frozen=True, kw_only=True)
 class SegmentationConfig:
     """ADE20K semantic segmentation: UPerNet on a NEPA backbone, fine-tuned end to end."""
