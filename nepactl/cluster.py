@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
@@ -115,7 +116,17 @@ def make_executor(cluster: ClusterConfig, folder: Path, *, nodes: int, job_name:
             raise ValueError("the local executor runs one node: use --nodes 1")
         executor = submitit.LocalExecutor(folder, max_num_timeout=cluster.max_timeouts,
                                           python=python_command(cluster))
+        # submitit exports CUDA_VISIBLE_DEVICES for the GPUs asked for ("" when none): without
+        # gpus_per_node a workstation's GPUs would be hidden and the job would train on the CPU.
         executor.update_parameters(timeout_min=cluster.time_min, tasks_per_node=cluster.tasks_per_node,
-                                   signal_delay_s=cluster.signal_delay_s)
+                                   signal_delay_s=cluster.signal_delay_s, gpus_per_node=cluster.gpus_per_node,
+                                   visible_gpus=_visible_gpus())
         return executor
     return submitit.DebugExecutor(folder)
+
+
+def _visible_gpus() -> tuple[int, ...]:
+    """The GPU indices the user restricted this shell to (CUDA_VISIBLE_DEVICES), if numeric."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    return tuple(int(p) for p in parts) if parts and all(p.isdigit() for p in parts) else ()

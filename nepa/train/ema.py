@@ -30,8 +30,12 @@ class EMA:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a saved EMA into the shadows, which stay on the model's device (checkpoints load
+        on the CPU; a CPU shadow would fail the first update of a CUDA model)."""
         missing = set(self.shadow) ^ set(state)
         if missing:
             raise KeyError(f"EMA state keys differ from the model's: {sorted(missing)[:5]}")
-        self.shadow = {k: v.float().clone() for k, v in state.items()}
+        for key, value in state.items():
+            self.shadow[key].copy_(value)

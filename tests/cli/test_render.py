@@ -102,3 +102,18 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: train.max_stepz (in --set")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_local_executor_asks_submitit_for_the_profile_gpus(tmp_path, monkeypatch):
+    """Without gpus_per_node submitit's local executor exports CUDA_VISIBLE_DEVICES='' and a
+    workstation's GPUs are hidden from the job."""
+    from nepactl.cluster import ClusterConfig, make_executor
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    executor = make_executor(ClusterConfig(executor="local", gpus_per_node=2, tasks_per_node=2), tmp_path,
+                             nodes=1, job_name="x", code_dir=None)
+    assert executor.parameters["gpus_per_node"] == 2 and executor.parameters["visible_gpus"] == ()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    executor = make_executor(ClusterConfig(executor="local", gpus_per_node=2, tasks_per_node=2), tmp_path,
+                             nodes=1, job_name="x", code_dir=None)
+    assert executor.parameters["visible_gpus"] == (3, 5)  # the user's restriction is kept

@@ -131,3 +131,19 @@ def test_batch_geometry_is_validated_and_derived():
         TrainConfig(global_batch=100, micro_batch=8)
     assert math.isclose(OptimConfig().betas[1], 0.95)
     json.dumps(cfg.__dict__)
+
+
+def test_ema_shadows_follow_the_model_device_after_loading_a_cpu_checkpoint():
+    """Checkpoints load on the CPU; a GPU model's EMA must keep its shadows on the GPU (the `meta`
+    device stands in for CUDA here), or its first update after a resume fails."""
+    model = torch.nn.Linear(8, 8, device="meta")
+    ema = EMA(model, EMAConfig())
+    saved = {k: torch.full(v.shape, 0.5) for k, v in ema.state_dict().items()}  # as loaded on the CPU
+    ema.load_state_dict(saved)
+    assert {v.device.type for v in ema.shadow.values()} == {"meta"}
+    ema.update(model, step=11)  # lerp with the model's own (meta) tensors
+    cpu_model = torch.nn.Linear(8, 8)
+    cpu_ema = EMA(cpu_model, EMAConfig())
+    cpu_ema.load_state_dict(saved)
+    assert all(torch.equal(v, saved[k]) for k, v in cpu_ema.shadow.items())  # values, not references
+    assert all(v.data_ptr() != saved[k].data_ptr() for k, v in cpu_ema.shadow.items())
