@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -229,16 +230,17 @@ def _code_on_path(code_dir: Path):
             os.environ["PYTHONPATH"] = previous
 
 
-def submit_array(run_dirs: list[Path], *, causes: list[str], parent: Path, job_name: str) -> list[Submission]:
+def submit_array(run_dirs: list[Path], jobs: list[Any], *, causes: list[str], parent: Path,
+                 job_name: str) -> list[Submission]:
     """Submit prepared run directories as ONE job array (on SLURM one sbatch, one task per run).
 
-    The runs share their cluster profile. A fresh directory under `parent` holds the array's
-    submitit files and the one code snapshot every task (and its requeues) runs. Each run's
-    ledger gets the `submit` event submit_job writes, with the run's cause and its task's job id.
+    `jobs[i]` is the picklable callable of `run_dirs[i]`. The runs share their cluster profile.
+    A fresh directory under `parent` holds the array's submitit files and the one code snapshot
+    every task (and its requeues) runs. Each run's ledger gets the `submit` event submit_job
+    writes, with the run's cause and its task's job id.
     """
     from nepa.config import from_dict
     from nepactl.cluster import ClusterConfig
-    from nepactl.job import EvalJob, TrainJob
 
     dirs = [d.resolve() for d in run_dirs]
     profiles = {(d / "cluster.yaml").read_text() for d in dirs}
@@ -255,14 +257,14 @@ def submit_array(run_dirs: list[Path], *, causes: list[str], parent: Path, job_n
     quiet = _quiet_children() if kind == "local" else contextlib.redirect_stderr(io.StringIO())
     try:
         with _code_on_path(array_dir / "code"), quiet, _job_free_environment(), executor.batch():
-            jobs = [executor.submit((EvalJob if (d / "eval.yaml").is_file() else TrainJob)(d)) for d in dirs]
+            submitted = [executor.submit(job) for job in jobs]
     except Exception as exc:
         message = str(exc).strip().splitlines()
         raise CliError(f"{kind} refused the job array: {message[-1] if message else exc}; check the "
                        "cluster profile (partition, account, limits) with nepactl doctor") from None
-    for run_dir, job, cause in zip(dirs, jobs, causes, strict=True):
+    for run_dir, job, cause in zip(dirs, submitted, causes, strict=True):
         runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=kind, cause=cause)
     if kind == "debug":  # submitit's debug executor runs the jobs in this process, on demand
-        for job in jobs:
+        for job in submitted:
             job.result()
-    return [Submission(d, str(j.job_id), kind) for d, j in zip(dirs, jobs, strict=True)]
+    return [Submission(d, str(j.job_id), kind) for d, j in zip(dirs, submitted, strict=True)]

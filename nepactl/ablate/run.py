@@ -47,6 +47,7 @@ def pretrain_members(plan: AblationPlan, *, retry_failed: bool) -> None:
 def submit_members_array(plan: AblationPlan, new: list[Member], retry: list[Member]) -> list[str]:
     """New and retried runs as ONE job array (nepactl.submit.submit_array); job ids in order."""
     from nepactl.chain import rechain
+    from nepactl.job import TrainJob
     from nepactl.submit import check_data, fill_run_dir, submit_array
 
     dirs = []
@@ -57,8 +58,8 @@ def submit_members_array(plan: AblationPlan, new: list[Member], retry: list[Memb
     dirs += [plan.root / m.name for m in retry]
     causes = ["new run"] * len(new) + ["retry-failed"] * len(retry)
     try:
-        submissions = submit_array(dirs, causes=causes, parent=plan.summary_dir / "arrays",
-                                   job_name=f"{plan.prefix}-ablation")
+        submissions = submit_array(dirs, [TrainJob(d.resolve()) for d in dirs], causes=causes,
+                                   parent=plan.summary_dir / "arrays", job_name=f"{plan.prefix}-ablation")
     except BaseException:
         for member in new:  # nothing half-submitted is left behind
             shutil.rmtree(plan.root / member.name, ignore_errors=True)
