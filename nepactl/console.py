@@ -35,17 +35,3 @@ def warn(message: str) -> None:
 
 def hint(message: str) -> None:
     _console(True).print(f"[dim]{message}[/dim]")
-
-
-def render_table(title: str, rows: list[dict], floats: str = "{:.2f}") -> None:
-    """One rich table from typed rows (the same rows serve --json)."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    columns = list(rows[0]) if rows else []
-    for column in columns:
-        numeric = bool(rows) and isinstance(rows[0][column], (int, float))
-        table.add_column(column, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(floats.format(v) if isinstance(v, float) else str(v) for v in row.values()))
-    _console(False).print(table)

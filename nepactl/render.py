@@ -52,7 +52,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_layer(data: dict, source: str) -> None:
+def check_layer(data: dict, source: str) -> None:
     """Unknown keys of one layer, named with the layer's file (sections: RunConfig + cluster)."""
     from typing import get_type_hints
 
@@ -131,7 +131,7 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
 
     merged: dict[str, Any] = {}
     for source, layer in layers:
-        _check_layer(layer, source)
+        check_layer(layer, source)
         merged = deep_merge(merged, layer)
     cluster_cfg = from_dict(ClusterConfig, merged.pop("cluster", {}), path="cluster")
     chain = from_dict(EvalChainConfig, merged.pop("evals", {}), path="evals")

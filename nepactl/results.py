@@ -7,15 +7,13 @@ and the paper's numbers as reference rows. Tables, Markdown, CSV and JSON share 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from nepa import rundir
 from nepactl import runs
+from nepactl.output import Column
 
 # The paper's headline numbers (arXiv 2512.16922) and the released fine-tuned weights' top-1.
 PAPER = (
@@ -164,22 +162,23 @@ def summarize(rows: list[ResultRow]) -> list[SummaryRow]:
 def summary_table(rows: list[ResultRow], title: str):
     """The summary as a narrow rich table (fits 80 columns: the demo's last word)."""
     from rich import box
-    from rich.table import Table
+
+    from nepactl.output import rich_table
 
     lines = summarize(rows)
     several = len({line.run for line in lines}) > 1
-    table = Table(title=title, box=box.SIMPLE_HEAD, caption="mean ± std over seeds (n); "
-                  "paper: ViT-B / ViT-L on ImageNet-1K and ADE20K")
-    columns = (["run"] if several else []) + ["evaluation", "NEPA", "random init", "gap", "paper B / L"]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("run", "evaluation") else "right")
-    for line in lines:
-        gap = line.gap
-        paper = " / ".join(f"{line.paper[s]:.1f}" if s in line.paper else "-" for s in ("B", "L"))
-        cells = [describe(line.task, line.metric), _seeded(line.nepa), _seeded(line.random),
-                 "" if gap is None else f"{gap:+.1f}", paper if line.paper else ""]
-        table.add_row(*([line.run] if several else []), *cells)
-    return table
+
+    def paper(line: SummaryRow) -> str:
+        cells = " / ".join(f"{line.paper[s]:.1f}" if s in line.paper else "-" for s in ("B", "L"))
+        return cells if line.paper else ""
+
+    columns = (Column("run", table=several), Column("task", "evaluation", cell=lambda r: describe(r.task, r.metric)),
+               Column("nepa", "NEPA", cell=lambda r: _seeded(r.nepa), right=True),
+               Column("random", "random init", cell=lambda r: _seeded(r.random), right=True),
+               Column("gap", cell=lambda r: "" if r.gap is None else f"{r.gap:+.1f}", right=True),
+               Column("paper", "paper B / L", cell=paper, right=True))
+    return rich_table(lines, columns, title, box=box.SIMPLE_HEAD, caption="mean ± std over seeds (n); "
+                      "paper: ViT-B / ViT-L on ImageNet-1K and ADE20K")
 
 
 def describe(task: str, metric: str) -> str:
@@ -201,44 +200,16 @@ def _seeded(row: ResultRow | None) -> str:
     return f"{row.value:.1f}{spread}" + (f" ({row.seeds})" if row.seeds > 1 else "")
 
 
-def to_json(rows: list[ResultRow]) -> str:
-    return json.dumps([asdict(r) for r in rows], indent=1, allow_nan=False)
+COLUMNS = (Column("run"), Column("size"), Column("task"), Column("metric"), Column("weights"),
+           Column("protocol"), Column("value", cell=ResultRow.cell, right=True),
+           Column("seeds", cell=lambda r: str(r.seeds or ""), right=True), Column("step", right=True),
+           Column("plot", link=True))
+TITLE = "NEPA evaluation results"
 
 
-def to_csv(rows: list[ResultRow]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0]) if rows else ResultRow.__annotations__))
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(asdict(row))
-    return buffer.getvalue()
-
-
-COLUMNS = ("run", "size", "task", "metric", "weights", "protocol", "value", "seeds", "step", "plot")
-
-
-def _cells(row: ResultRow, link: bool) -> list[str]:
-    plot = (f"[plot]({row.plot})" if link else row.plot) if row.plot else ""
-    return [row.run, row.size, row.task, row.metric, row.weights, row.protocol, row.cell(),
-            str(row.seeds or ""), "" if row.step is None else str(row.step), plot]
-
-
-def to_markdown(rows: list[ResultRow]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(r, link=True)) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def to_table(rows: list[ResultRow]):
-    from rich.table import Table
-
-    table = Table(title="NEPA evaluation results", show_lines=False)
-    for column in COLUMNS:
-        table.add_column(column, justify="right" if column in ("value", "seeds", "step") else "left")
-    for row in rows:
-        style = "dim" if row.protocol == "reference" else ("yellow" if row.value is None else None)
-        table.add_row(*_cells(row, link=False), style=style)
-    return table
+def row_style(row: ResultRow) -> str | None:
+    """Reference rows dimmed, rows without a value (missing, failed, running) in yellow."""
+    return "dim" if row.protocol == "reference" else ("yellow" if row.value is None else None)
 
 
 def make_plots(root: Path, rows: list[ResultRow]) -> list[Path]:
@@ -270,7 +241,7 @@ def make_plots(root: Path, rows: list[ResultRow]) -> list[Path]:
     return written
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,7 +254,7 @@ def _plot_loss(run_dir: Path) -> Path | None:
     records = [r for r in rundir.read_jsonl(run_dir / rundir.METRICS) if "loss" in r]
     if not records:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1)
     ax.set(xlabel="step", ylabel="NEPA loss (-cosine)", title=f"{run_dir.name}: pretraining loss")
@@ -297,7 +268,7 @@ def _plot_loss(run_dir: Path) -> Path | None:
 
 
 def _plot_curve(out: Path, curve: list[dict], title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x_key = "epoch" if "epoch" in curve[0] else "step"
     for key in sorted({k for point in curve for k in point if k.startswith(("top1", "ema_top1", "raw_top1"))}):

@@ -170,3 +170,72 @@ def dry_run_script(rendered: Rendered, root: Path) -> str | None:
     run_dir = (root / rendered.run.name).resolve()  # as submit_job will see it
     return sbatch_script(rendered.cluster, run_dir / "submitit", nodes=rendered.run.train.nodes,
                          job_name=rendered.run.name, code_dir=run_dir / "code")
+
+
+# -- job arrays ----------------------------------------------------------------------------------
+
+
+def fresh_array_dir(parent: Path) -> Path:
+    """A new directory per submitted array: a retry can follow its array within the same second."""
+    stamp, attempt = time.strftime("%Y%m%d-%H%M%S"), 0
+    while True:
+        path = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            attempt += 1
+
+
+@contextlib.contextmanager
+def _code_on_path(code_dir: Path):
+    """The submitting process pickles the job against the snapshot it will run."""
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(code_dir) + (os.pathsep + previous if previous else "")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+def submit_array(run_dirs: list[Path], jobs: list[Any], *, causes: list[str], parent: Path,
+                 job_name: str) -> list[Submission]:
+    """Submit prepared run directories as ONE job array (on SLURM one sbatch, one task per run).
+
+    `jobs[i]` is the picklable callable of `run_dirs[i]`. The runs share their cluster profile.
+    A fresh directory under `parent` holds the array's submitit files and the one code snapshot
+    every task (and its requeues) runs. Each run's ledger gets the `submit` event submit_job
+    writes, with the run's cause and its task's job id.
+    """
+    from nepa.config import from_dict
+    from nepactl.cluster import ClusterConfig
+
+    dirs = [d.resolve() for d in run_dirs]
+    profiles = {(d / "cluster.yaml").read_text() for d in dirs}
+    if len(profiles) != 1:
+        raise CliError(f"one job array needs one cluster profile; {len(profiles)} differ among "
+                       f"{', '.join(d.name for d in dirs)}: submit them separately")
+    cluster = from_dict(ClusterConfig, yaml.safe_load(profiles.pop()) or {}, path="cluster",
+                        source=str(dirs[0] / "cluster.yaml"))
+    kind = cluster.resolved_executor()
+    array_dir = fresh_array_dir(parent).resolve()
+    runs.snapshot_code(array_dir / "code")
+    executor = make_executor(cluster, array_dir / "submitit", job_name=job_name, code_dir=array_dir / "code",
+                             nodes=(runs.read_json(dirs[0] / runs.RUN_INFO) or {}).get("nodes", 1))
+    quiet = _quiet_children() if kind == "local" else contextlib.redirect_stderr(io.StringIO())
+    try:
+        with _code_on_path(array_dir / "code"), quiet, _job_free_environment(), executor.batch():
+            submitted = [executor.submit(job) for job in jobs]
+    except Exception as exc:
+        message = str(exc).strip().splitlines()
+        raise CliError(f"{kind} refused the job array: {message[-1] if message else exc}; check the "
+                       "cluster profile (partition, account, limits) with nepactl doctor") from None
+    for run_dir, job, cause in zip(dirs, submitted, causes, strict=True):
+        runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=kind, cause=cause)
+    if kind == "debug":  # submitit's debug executor runs the jobs in this process, on demand
+        for job in submitted:
+            job.result()
+    return [Submission(d, str(j.job_id), kind) for d, j in zip(dirs, submitted, strict=True)]

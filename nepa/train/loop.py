@@ -94,6 +94,7 @@ class Trainer:
         self._stop_time: float | None = None
         self.step = 0
         self.total_steps = 0
+        self.spread: float | None = None  # embedding spread at the last monitored step
 
     # -- stop-request API (safe to call from a signal handler) ----------------------------------
 
@@ -293,7 +294,7 @@ class Trainer:
         if self.env.is_main:
             outcome_record = {"status": status.value, "step": self.step,
                               "total_steps": self.total_steps, "reason": self._stop_reason,
-                              "time": time.time()}
+                              "spread": self.spread, "time": time.time()}
             atomic_write(self.run_dir / OUTCOME_FILE,
                          lambda f: f.write(json.dumps(outcome_record).encode()))
             for cb in self.callbacks:
@@ -376,8 +377,9 @@ class Trainer:
             "step_time_s": step_time, "data_time_s": data_time, "mem_mb": _memory_mb(env.device),
             "skipped_images": skipped_images, "skipped_step": not finite, "time": time.time(),
         }
-        if self.step % cfg.train.monitor_every == 0 and outputs is not None:
-            spread = embedding_spread(outputs).item()
+        final = self.step == self.total_steps  # always monitored: outcome.json records it
+        if (self.step % cfg.train.monitor_every == 0 or final) and outputs is not None:
+            spread = self.spread = embedding_spread(outputs).item()
             record["spread"] = spread
             if env.is_main and (spread < cfg.train.collapse_spread or loss.item() < -0.99):
                 log.warning("possible representation collapse at step %d: embedding spread %.4f, "

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from nepactl import console
-from nepactl.commands.options import Cluster, RunsRoot, Sets
+from nepactl.commands.options import Cluster, OutputFormat, RunsRoot, Sets, parse_seeds
 from nepactl.errors import handled
+from nepactl.output import Format
 
 
 @handled
@@ -24,7 +24,7 @@ def ablate(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Resume runs that ended FAILED or CANCELLED (from their checkpoints).")] = False,
     sets: Sets = None,
-    output: Annotated[str, typer.Option("--format", "-f", help="table, md, csv or json.")] = "table",
+    output: OutputFormat = Format.table,
     runs_root: RunsRoot = None,
 ) -> None:
     """Pretrain tiny NEPA once per (variant, seed) on the bundled digits, evaluate, compare.
@@ -36,28 +36,25 @@ def ablate(
     --set linprobe.* / finetune.* go to the evaluations, everything else to pretraining.
     Example: nepactl ablate --variants baseline,no-stopgrad --seeds 0,1,2 --steps 300
     """
-    from nepa.config import ConfigError
-    from nepactl import ablate as service
-    from nepactl.commands.evaluate import _seeds
+    from nepactl import output as out
+    from nepactl.ablate.findings import COLUMNS, AblationStats, gather_rows, row_style, write_summary
+    from nepactl.ablate.plan import plan_ablation
+    from nepactl.ablate.run import evaluate_members, pretrain_members
     from nepactl.runs import runs_root as resolve_root
 
-    if output not in service.FORMATS:
-        raise ConfigError(f"--format {output!r}: choose one of {', '.join(service.FORMATS)}")
-    plan = service.plan_ablation(
-        prefix=name, root=resolve_root(runs_root), variants=variants, seeds=_seeds(seeds), steps=steps,
+    plan = plan_ablation(
+        prefix=name, root=resolve_root(runs_root), variants=variants, seeds=parse_seeds(seeds), steps=steps,
         cluster=cluster, sets=tuple(sets or ()),
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()))
     todo = sum(m.state == "new" for m in plan.members)
     console.hint(f"{len(plan.members)} run(s) ({todo} new) on the {plan.executor} executor: "
                  + ", ".join(f"{m.name} [{m.state}]" for m in plan.members))
-    service.pretrain_members(plan, retry_failed=retry_failed)
-    service.evaluate_members(plan)
-    rows = service.gather_rows(plan)
-    summary, plot = service.write_summary(plan, rows)
-    if output == "table":
-        console.out.print(service.to_table(rows, f"NEPA ablations '{name}' (demo protocol: tiny, digits)"))
-    else:
-        sys.stdout.write(service.FORMATS[output](rows))
+    pretrain_members(plan, retry_failed=retry_failed)
+    evaluate_members(plan)
+    rows = gather_rows(plan)
+    summary, plot = write_summary(plan, rows)
+    out.emit([r.stats() for r in rows], output, columns=COLUMNS, row_type=AblationStats, row_style=row_style,
+             title=f"NEPA ablations '{name}' (demo protocol: tiny, digits)")
     console.hint(f"summary: {summary}" + (f"; loss curves: {plot}" if plot else ""))
-    if plan.executor in service.ARRAY_EXECUTORS:
+    if plan.arrays:
         console.hint("jobs are queued: follow them with nepactl runs; re-run this command to gather the table")

@@ -15,6 +15,7 @@ import typer
 from nepactl import console
 from nepactl.commands.options import Json
 from nepactl.errors import handled
+from nepactl.output import Format, emit
 
 app = typer.Typer(help="Pack datasets into webdataset shards and check datasets before a job.",
                   no_args_is_help=True)
@@ -76,7 +77,7 @@ def pack(
                              progress=progress)
     rows = [{"split": s.name, "images": s.images, "shards": len(s.shards),
              "skipped": len(s.skipped)} for s in result.splits]
-    console.render_table(f"packed {result.source} into {result.out}", rows)
+    emit(rows, Format.table, title=f"packed {result.source} into {result.out}")
     for split in result.splits:
         if split.skipped:
             console.warn(f"{split.name}: skipped {len(split.skipped)} unreadable image(s), "
@@ -121,8 +122,8 @@ def check(
     if json_out:
         console.out.print_json(json.dumps(report.to_dict()))
     else:
-        console.render_table(f"{report.source} {report.path or ''}".rstrip()
-                             + f": {len(report.classes)} classes", report.rows())
+        emit(report.rows(), Format.table,
+             title=f"{report.source} {report.path or ''}".rstrip() + f": {len(report.classes)} classes")
     for split in report.splits:
         if split.unreadable:
             console.warn(f"{split.name}: {len(split.unreadable)} of {split.decoded} decoded "

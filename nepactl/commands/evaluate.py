@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from nepactl import console
-from nepactl.commands.options import Cluster, ConfigFiles, DryRun, RunsRoot, Sets
+from nepactl.commands.options import Cluster, ConfigFiles, DryRun, OutputFormat, RunsRoot, Sets, parse_seeds
 from nepactl.errors import handled
+from nepactl.output import Format
 
 Tasks = Annotated[str, typer.Option(
     "--tasks", "-t", help="Comma-separated: finetune, linprobe, ade20k, imagenet-val.")]
 Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")]
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    from nepa.config import ConfigError
+@dataclass
+class EvalListing:
+    """One planned evaluation of `nepactl eval`: submitted (with its job) or skipped."""
 
-    try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ConfigError(f"--seeds {text!r}: expected whole numbers, e.g. 0,1,2") from None
-    if not seeds or min(seeds) < 0:
-        raise ConfigError(f"--seeds {text!r}: expected seeds >= 0, e.g. 0,1,2")
-    return seeds
+    run: str
+    evaluation: str
+    action: str  # submit, resume, redo (failed), skip (done), ...
+    job_id: str | None
 
 
 @handled
@@ -42,7 +41,7 @@ def evaluate(run: Annotated[str | None, typer.Argument(help="Run to evaluate (se
              cluster: Cluster = "auto", name: Annotated[str | None, typer.Option(
                  "--name", help="Run name holding --weights evaluations.")] = None,
              config: ConfigFiles = None, sets: Sets = None, dry_run: DryRun = False,
-             runs_root: RunsRoot = None) -> None:
+             output: OutputFormat = Format.table, runs_root: RunsRoot = None) -> None:
     """Submit evaluation jobs (preemptible, resumable); done (checkpoint, task, seed) are skipped.
 
     Example: nepactl eval my-run --tasks finetune,linprobe --seeds 0,1,2
@@ -50,11 +49,12 @@ def evaluate(run: Annotated[str | None, typer.Argument(help="Run to evaluate (se
     import yaml
 
     from nepa.config import to_dict
+    from nepactl import output as out
     from nepactl.evaluate import parse_tasks, plan_evals, submit_evals
     from nepactl.runs import runs_root as resolve_root
 
     plan = plan_evals(run=run, weights=str(weights) if weights else None, root=resolve_root(runs_root),
-                      tasks=parse_tasks(tasks), step=step, seeds=_seeds(seeds), random_init=random_init,
+                      tasks=parse_tasks(tasks), step=step, seeds=parse_seeds(seeds), random_init=random_init,
                       cluster=cluster, files=tuple(config or ()), sets=tuple(sets or ()), name=name)
     if dry_run:
         for planned in plan.evals:
@@ -64,18 +64,16 @@ def evaluate(run: Annotated[str | None, typer.Argument(help="Run to evaluate (se
         console.out.print("# cluster")
         console.out.print(yaml.safe_dump(to_dict(plan.cluster), sort_keys=False), markup=False)
         return
-    for planned, job_id in submit_evals(plan):
-        where = f"job {job_id}" if job_id else planned.action
-        console.out.print(f"{plan.target.name}/{planned.name}\t{where}")
+    rows = [EvalListing(plan.target.name, planned.name, planned.action, job_id)
+            for planned, job_id in submit_evals(plan)]
+    out.emit(rows, output, row_type=EvalListing, title="evaluations", columns=(
+        out.Column("run"), out.Column("evaluation"), out.Column("action"), out.Column("job_id", "job")))
     console.hint(f"follow them with: nepactl status {plan.target.name}; then: nepactl results {plan.target.name}")
-
-
-Format = Annotated[str, typer.Option("--format", "-f", help="table, md, csv or json.")]
 
 
 @handled
 def results(run: Annotated[list[str] | None, typer.Argument(help="Runs (default: all).")] = None,
-            output: Format = "table",
+            output: OutputFormat = Format.table,
             plots: Annotated[bool, typer.Option("--plots/--no-plots",
                                                 help="Write loss and accuracy curves (PNG).")] = True,
             runs_root: RunsRoot = None) -> None:
@@ -83,19 +81,13 @@ def results(run: Annotated[list[str] | None, typer.Argument(help="Runs (default:
 
     Example: nepactl results my-run --format md
     """
-    from nepa.config import ConfigError
-    from nepactl.results import gather, make_plots, to_csv, to_json, to_markdown, to_table
+    from nepactl import output as out
+    from nepactl.results import COLUMNS, TITLE, ResultRow, gather, make_plots, row_style
     from nepactl.runs import runs_root as resolve_root
 
-    formats = {"table": None, "md": to_markdown, "csv": to_csv, "json": to_json}
-    if output not in formats:
-        raise ConfigError(f"--format {output!r}: choose one of {', '.join(formats)}")
     root = resolve_root(runs_root)
     rows = gather(root, run)
     if plots:
         for path in make_plots(root, rows):
             console.hint(f"plot: {path}")
-    if output == "table":
-        console.out.print(to_table(rows))
-    else:
-        sys.stdout.write(formats[output](rows))
+    out.emit(rows, output, columns=COLUMNS, row_type=ResultRow, title=TITLE, row_style=row_style)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -14,11 +15,13 @@ from nepactl.commands.options import (
     GpusPerNode,
     Name,
     Nodes,
+    OutputFormat,
     RunsRoot,
     Sets,
     Size,
 )
 from nepactl.errors import handled
+from nepactl.output import Format
 
 ChainedEvals = Annotated[str | None, typer.Option(
     "--evals", help="Evaluations to chain when the run completes (afterok on SLURM), e.g. "
@@ -54,15 +57,26 @@ def _print_rendered(rendered, root) -> None:
         console.out.print(script, markup=False)
 
 
+@dataclass
+class SubmittedRun:
+    """What `nepactl pretrain` submitted (one row: scripts read the job id from --format json)."""
+
+    run: str
+    executor: str
+    job_id: str
+    run_dir: str
+
+
 @handled
 def pretrain(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNode = None,
              cluster: Cluster = "auto", name: Name = None, config: ConfigFiles = None,
              sets: Sets = None, evals: ChainedEvals = None, dry_run: DryRun = False,
-             runs_root: RunsRoot = None) -> None:
+             output: OutputFormat = Format.table, runs_root: RunsRoot = None) -> None:
     """Render, validate, create the run and submit its pretraining job (and chained evaluations).
 
     Example: nepactl pretrain --size L --nodes 8 --cluster my-cluster.yaml --evals finetune,linprobe
     """
+    from nepactl import output as out
     from nepactl.launch import launch_run
     from nepactl.runs import runs_root as resolve_root
 
@@ -72,7 +86,9 @@ def pretrain(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNod
         _print_rendered(rendered, root)
         return
     submission = launch_run(rendered, root, task="pretrain", size=size)
-    console.out.print(f"{rendered.run.name}\t{submission.executor} job {submission.job_id}")
+    row = SubmittedRun(rendered.run.name, submission.executor, submission.job_id, str(submission.run_dir))
+    out.emit([row], output, row_type=SubmittedRun, title="submitted", columns=(
+        out.Column("run"), out.Column("executor"), out.Column("job_id", "job")))
     chained = rendered.chain
     if chained.active:
         when = ", ".join([f"step {s}" for s in chained.at_steps] + (["completion"] if chained.on_complete else []))

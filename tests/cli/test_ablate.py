@@ -12,8 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from nepa.config import to_dict
-from nepactl.ablate import fresh_array_dir
 from nepactl.commands.ablate import ablate
+from nepactl.submit import fresh_array_dir
 
 app = typer.Typer()
 app.command("ablate")(ablate)
@@ -43,7 +43,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def test_each_variant_changes_exactly_its_switch(tmp_path):
-    from nepactl.ablate import load_variants, plan_ablation
+    from nepactl.ablate.plan import plan_ablation
+    from nepactl.ablate.variants import load_variants
 
     root = tmp_path / "runs"
     plan = plan_ablation(prefix="t", root=root, variants="all", seeds=(3,), steps=50, cluster="local")
@@ -71,7 +72,7 @@ def test_a_broken_variant_table_names_the_file_and_key(tmp_path):
     import shutil
 
     from nepa.config import ConfigError
-    from nepactl.ablate import load_variants
+    from nepactl.ablate.variants import load_variants
     from nepactl.render import TEMPLATES
 
     shutil.copytree(TEMPLATES, tmp_path / "templates")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -218,7 +219,8 @@ def test_default_relative_runs_root_local_job_and_a_failed_evaluation_rendered_a
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NEPA_RUNS", raising=False)
     again = runner.invoke(app, [*args, "--set", "linprobe.epochs=3"])
-    assert again.exit_code == 0 and "seed0      job " in again.output, again.output
+    assert again.exit_code == 0, again.output
+    assert re.search(r"linprobe-step20-seed0\s*│\s*redo \(failed\)\s*│\s*\d+", again.stdout), again.output
     assert yaml.safe_load((eval_dir / "eval.yaml").read_text())["linprobe"]["epochs"] == 3  # re-rendered
     outcome = _wait_outcome(eval_dir)
     assert outcome["status"] == "COMPLETED", outcome

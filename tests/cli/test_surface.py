@@ -10,12 +10,12 @@ from nepactl.app import app
 from nepactl.commands.control import split_attempts
 
 SURFACE = {
-    "pretrain": ["--cluster", "--config", "--dry-run", "--evals", "--gpus-per-node", "--name",
+    "pretrain": ["--cluster", "--config", "--dry-run", "--evals", "--format", "--gpus-per-node", "--name",
                  "--nodes", "--runs-root", "--set", "--size"],
     "render": ["--cluster", "--config", "--gpus-per-node", "--name", "--nodes", "--runs-root",
                "--set", "--size"],
-    "status": ["--json", "--runs-root", "--watch", "RUN"],
-    "runs": ["--json", "--runs-root"],
+    "status": ["--format", "--json", "--runs-root", "--watch", "RUN"],
+    "runs": ["--format", "--json", "--runs-root"],
     "logs": ["--attempt", "--follow", "--rank", "--runs-root", "RUN"],
     "cancel": ["--runs-root", "RUN"],
     "resume": ["--runs-root", "RUN"],
@@ -25,8 +25,8 @@ SURFACE = {
     "data pack": ["--decode", "--seed", "--shard-size", "--shuffle", "--source", "OUT", "SRC"],
     "data check": ["--decode", "--json", "--sample", "--source", "--train-split", "--val-split", "PATH"],
     "viz": ["--heads", "--image", "--layers", "--out", "--query", "--query-grid", "--runs-root", "--weights", "RUN"],
-    "eval": ["--cluster", "--config", "--dry-run", "--name", "--random-init", "--runs-root", "--seeds", "--set",
-             "--step", "--tasks", "--weights", "RUN"],
+    "eval": ["--cluster", "--config", "--dry-run", "--format", "--name", "--random-init", "--runs-root", "--seeds",
+             "--set", "--step", "--tasks", "--weights", "RUN"],
     "results": ["--format", "--plots", "--runs-root", "RUN"],
     "ablate": ["--cluster", "--format", "--name", "--retry-failed", "--runs-root", "--seeds", "--set", "--steps",
                "--tasks", "--variants"],

@@ -71,6 +71,14 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous(tmp_path, caplog)
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_outcome_records_the_final_embedding_spread(tmp_path):
+    """`nepactl ablate` reads its collapse column from here: the CLI never runs the model."""
+    run = make_run(tmp_path / "run", train={"max_steps": 4})  # monitor_every (10) never reached
+    assert Trainer(load_run_config(run), run).fit().status is RunStatus.COMPLETED
+    outcome, last = json.loads((run / "outcome.json").read_text()), read_metrics(run)[-1]
+    assert last["step"] == 4 and outcome["spread"] == last["spread"] > 0.1
+
+
 def test_stop_request_saves_at_the_next_step_and_resumes(tmp_path):
     run = make_run(tmp_path / "run")
     cfg = load_run_config(run)
