@@ -47,7 +47,7 @@ def _results(root):
 
 
 def _pretrain(root, monkeypatch):
-    monkeypatch.setattr("nepactl.submit.submit_new",
+    monkeypatch.setattr("nepactl.launch.launch_run",
                         lambda rendered, root, **_: Submission(root / rendered.run.name, "4242", "debug"))
     return ["pretrain", "--cluster", "debug", "--name", "p1", "--runs-root", str(root)], "4242"
 
