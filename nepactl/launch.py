@@ -63,12 +63,30 @@ def resume_run(run_dir: Path, *, cause: str = "resume") -> tuple[Submission, lis
         raise CliError(f"'{run_dir.name}' is {row.state} (job {row.job_id}); cancel it first if it is stuck")
     if row.state == "COMPLETED":
         raise CliError(f"'{run_dir.name}' is COMPLETED; raise train.max_steps in a new run instead")
+    _check_resumable(run_dir)
     upgrade_run(run_dir)
     submission = submit_job(run_dir, job_for(run_dir), attempt_cause=cause)
     chained = read_chain(run_dir)
     moved = rechain(run_dir, submission.job_id) if chained and chained.on_complete and \
         submission.executor == "slurm" else []
     return submission, moved
+
+
+def _check_resumable(directory: Path) -> None:
+    """The job reads only its spec: one that is missing or broken fails here, not in the queue."""
+    from nepa.config import ConfigError
+
+    try:
+        if (directory / "eval.yaml").is_file():
+            from nepa.evals.spec import load_spec
+
+            load_spec(directory)
+        else:
+            from nepa.train.runconfig import load_run_config
+
+            load_run_config(directory)
+    except ConfigError as exc:
+        raise CliError(f"'{directory.name}' cannot be resumed: {exc}") from None
 
 
 def upgrade_run(run_dir: Path) -> None:

@@ -27,10 +27,16 @@ def runs_root(value: str | Path | None = None) -> Path:
     return Path(value or os.environ.get("NEPA_RUNS", "runs"))
 
 
+MAX_NAME = 100  # leaves room for the staging name (and file names) under 255-byte limits
+
+
 def check_name(name: str) -> None:
     if not name or name.startswith(".") or not set(name) <= NAME_CHARS:
         raise CliError(f"run name {name!r} may only use letters, digits, '.', '_' and '-' "
                        "(and must not start with '.'); choose another --name")
+    if len(name) > MAX_NAME:
+        raise CliError(f"run name of {len(name)} characters is longer than {MAX_NAME}; choose a "
+                       "shorter --name")
 
 
 def create_run(root: Path, name: str, fill: Callable[[Path], None]) -> Path:

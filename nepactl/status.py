@@ -233,3 +233,18 @@ def collect(root: Path, only: list[str] | None = None) -> tuple[list[RunRow], li
             timeouts=sum(e.get("cause") == "timeout" for e in ledger if e["event"] == "requeue"),
             job_id=job_id, evals=_eval_cells(d)))
     return rows, scheduler.notes
+
+
+def active_jobs(run_dir: Path) -> list[tuple[Path, str, str]]:
+    """(directory, job id, executor) of the jobs of a run that may still run: its own and its
+    evaluations' (a pending chained evaluation counts)."""
+    found = []
+    for parent in (run_dir.parent, run_dir / "evals"):
+        names = [run_dir.name] if parent == run_dir.parent else [p.name for p in runs.list_runs(parent)]
+        if not names:
+            continue
+        for row in collect(parent, names)[0]:
+            if row.state in ACTIVE_STATES and row.job_id:
+                executor = (runs.read_json(parent / row.run / runs.RUN_INFO) or {}).get("executor", "local")
+                found.append((parent / row.run, row.job_id, executor))
+    return found

@@ -129,11 +129,11 @@ def submit_job(run_dir: Path, job: Callable[[], Any], *, attempt_cause: str,
     return Submission(run_dir, str(submitted.job_id), kind)
 
 
-def cancel_jobs(run_dir: Path) -> list[str]:
-    """scancel / stop every job the run submitted (its own and its evaluations')."""
+def cancel_jobs(run_dir: Path, jobs: list[tuple[str, str]] | None = None) -> list[str]:
+    """scancel / stop `jobs` ((job id, executor)); by default every job the run submitted."""
     import subprocess
 
-    jobs = runs.submitted_jobs(run_dir)
+    jobs = runs.submitted_jobs(run_dir) if jobs is None else jobs
     slurm = [job for job, kind in jobs if kind == "slurm"]
     if slurm:
         done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=30)

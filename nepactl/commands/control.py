@@ -73,21 +73,26 @@ def logs(run: RunName,
 
 @handled
 def cancel(run: RunName, runs_root: RunsRoot = None) -> None:
-    """Cancel a run's job and its pending dependent evaluation jobs.
+    """Cancel a run's job and its evaluation jobs that are still active (pending ones included).
 
+    A finished run and its finished evaluations are left as they are.
     Example: nepactl cancel my-run
     """
-    from nepactl.runs import append_ledger, find_run, submitted_jobs
+    from nepactl.runs import append_ledger, find_run
     from nepactl.runs import runs_root as resolve_root
+    from nepactl.status import active_jobs
     from nepactl.submit import cancel_jobs
 
     run_dir = find_run(resolve_root(runs_root), run)
-    jobs = submitted_jobs(run_dir)
-    if not jobs:
-        raise CliError(f"'{run}' has no submitted job to cancel")
-    # Recorded first: a job saving on scancel's SIGTERM reads it and does not requeue itself.
-    append_ledger(run_dir, "cancel", job_ids=[job for job, _ in jobs])
-    cancelled = cancel_jobs(run_dir)
+    targets = active_jobs(run_dir)
+    if not targets:
+        console.hint(f"'{run}' has no active job (nor have its evaluations): nothing cancelled")
+        return
+    # Recorded first, in the directory of each job: a job saving on scancel's SIGTERM reads it
+    # and does not requeue itself; a finished run's own state is left alone.
+    for directory, job, _ in targets:
+        append_ledger(directory, "cancel", job_ids=[job])
+    cancelled = cancel_jobs(run_dir, [(job, executor) for _, job, executor in targets])
     console.out.print(f"cancelled {run}: jobs {', '.join(cancelled)}")
 
 
