@@ -15,9 +15,10 @@ import torch.multiprocessing as mp
 from nepa import checkpoint
 from nepa.config import ConfigError
 from nepa.data.config import DataConfig
-from nepa.evals.classify import ClassifyConfig, run_imagenet_val
+from nepa.evals.classify import run_imagenet_val
 from nepa.evals.common import EvalControl
-from nepa.evals.finetune import METRICS_FILE, FinetuneConfig, build_classifier, run_finetune
+from nepa.evals.config import ClassifyConfig, FinetuneConfig
+from nepa.evals.finetune import METRICS_FILE, build_classifier, run_finetune
 from nepa.model import build_model
 from nepa.train.config import EMAConfig
 
