@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,10 +16,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nepa.config import check
 from nepa.data.config import DataConfig
 from nepa.errors import NepaError
 from nepa.evals.common import EvalControl, EvalOutcome, Metric, Weights
+from nepa.evals.config import ClassifyConfig
 from nepa.train.distributed import DistEnv
 
 TOPK = (1, 5)
@@ -28,23 +27,6 @@ TOPK = (1, 5)
 
 class NotAClassifier(NepaError):
     """The weights given to a classification evaluation have no classifier head."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClassifyConfig:
-    """Validation of a classifier. Defaults are the release's B evaluation (256 -> 224).
-
-    The release's L evaluation is `crop_pct: 0.95, squash: true` (235x235 -> 224).
-    """
-
-    batch_size: int = 256  # per rank
-    crop_pct: float = 0.875  # resize to image_size / crop_pct, centre crop image_size
-    squash: bool = False  # resize to a square first (aspect ratio not kept), as the release's L
-    ema: bool | None = None  # nepa checkpoints: null uses the EMA weights when present
-
-    def __post_init__(self) -> None:
-        check(self.batch_size >= 1, "classify.batch_size", "must be >= 1")
-        check(0 < self.crop_pct <= 1, "classify.crop_pct", "must be in (0, 1], e.g. 0.875")
 
 
 def eval_loader(dataset: Dataset, *, batch_size: int, env: DistEnv | None = None,

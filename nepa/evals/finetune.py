@@ -18,7 +18,6 @@ top-1) and `metrics.jsonl` (one line per epoch, each epoch exactly once across r
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -26,7 +25,6 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,102 +39,17 @@ from nepa.data.config import DataConfig, accumulation
 from nepa.data.sampler import mix_seed
 from nepa.evals.classify import evaluate_classifiers
 from nepa.evals.common import EvalControl, EvalOutcome, Metric
-from nepa.evals.layer_decay import LayerDecaySchedule, Ramp, Schedule, param_groups
+from nepa.evals.config import FinetuneConfig
+from nepa.evals.layer_decay import LayerDecaySchedule, param_groups
 from nepa.model import NepaViT
-from nepa.train import distributed
+from nepa.train import distributed, engine
 from nepa.train.checkpoints import CheckpointManager
-from nepa.train.config import CheckpointConfig, EMAConfig
+from nepa.train.config import CheckpointConfig
 from nepa.train.ema import EMA
 
 log = logging.getLogger("nepa.evals.finetune")
 METRICS_FILE = "metrics.jsonl"
 BEST_FILE = "best.pt"
-
-
-@dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
-    """Fine-tuning recipe; defaults are the release's B recipe (see the module docstring for L)."""
-
-    epochs: int = 100
-    global_batch: int = 1024  # images per optimizer step over all ranks
-    micro_batch: int = 128  # per device; accumulation = global_batch / (world_size * micro_batch)
-    blr: float = 1.5e-3  # base lr per 256 images: lr = blr * global_batch / 256 (L: 1e-3)
-    lr: float | None = None  # absolute lr; when set, blr scaling is not applied
-    head_lr: float = 1e-3  # classifier and final LayerNorm; absolute, not scaled by the batch
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.05  # not on biases, norms, LayerScale
-    warmup_fraction: float = 0.2  # of total steps (L: 0.3)
-    clip_grad: float | None = None  # global grad-norm clip; null: off (as released)
-    layer_decay: float = 0.65  # lr factor per layer below the top (L: 0.75)
-    # release: fixed decay, per-group warmup; dynamic: the paper's decay ramp 0.35 -> 1.0
-    layer_decay_schedule: Schedule = "release"
-    dynamic_ramp: Ramp = "linear"  # dynamic: linear (the paper) or cosine (the release code)
-    dynamic_decay_start: float = 0.35
-    dynamic_decay_end: float = 1.0
-    drop_path: float = 0.1  # stochastic depth at the last block (L: 0.2)
-    causal: bool = False  # attention during fine-tuning: bidirectional (the release) or causal
-    freeze_embed: bool = True  # keep the patch embedding frozen (LayerScale otherwise hurts)
-    pool: Literal["mean", "last"] = "mean"  # mean of patch tokens -> fc_norm, or the last token
-    pretrained_ema: bool | None = None  # null: the EMA weights of a nepa run when it holds them
-    label_smoothing: float = 0.1
-    mixup: float = 0.8  # Mixup alpha; 0 with cutmix 0: no mixing (label-smoothed CE)
-    cutmix: float = 1.0  # CutMix alpha
-    mixup_switch_prob: float = 0.5  # chance of CutMix instead of Mixup for a batch
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment; null: off
-    re_prob: float = 0.25  # random erasing probability (pixel mode)
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (timm's default)
-    hflip: float = 0.5  # horizontal flip probability (0 for data where a mirror changes the class)
-    ema: EMAConfig = field(default_factory=EMAConfig)  # best epoch chosen by EMA top-1
-    eval_batch: int = 256  # per device
-    eval_crop_pct: float = 0.875  # L: 0.95
-    eval_squash: bool = False  # L: true (square resize, as the release)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    grad_checkpointing: bool = False
-    seed: int = 0
-    max_steps: int | None = None  # overrides epochs (demo and tests)
-    epoch_steps: int | None = None  # cap on steps per epoch (demo and tests: evaluate more often)
-    keep_checkpoints: int = 2  # newest K step checkpoints (>= 2: a corrupt newest falls back)
-    dist_timeout_s: int = 1800
-
-    def __post_init__(self) -> None:
-        check(self.epochs >= 1, "finetune.epochs", "must be >= 1")
-        check(self.global_batch >= 1 and self.micro_batch >= 1, "finetune.global_batch",
-              "global_batch and micro_batch must be >= 1")
-        check(self.global_batch % self.micro_batch == 0, "finetune.micro_batch",
-              f"{self.micro_batch} does not divide global_batch {self.global_batch}")
-        check(not self.mixing or self.micro_batch % 2 == 0, "finetune.micro_batch",
-              f"Mixup/CutMix pair images within a batch: make {self.micro_batch} even "
-              "(or set finetune.mixup and finetune.cutmix to 0)")
-        for name in ("blr", "head_lr", "eps"):
-            check(getattr(self, name) > 0, f"finetune.{name}", "must be > 0")
-        check(self.lr is None or self.lr > 0, "finetune.lr", "must be > 0 or null")
-        check(all(0 <= b < 1 for b in self.betas), "finetune.betas", "each must be in [0, 1)")
-        for name in ("warmup_fraction", "drop_path", "label_smoothing"):
-            check(0 <= getattr(self, name) < 1, f"finetune.{name}", "must be in [0, 1)")
-        for name in ("layer_decay", "dynamic_decay_start", "dynamic_decay_end", "eval_crop_pct"):
-            check(0 < getattr(self, name) <= 1, f"finetune.{name}", "must be in (0, 1]")
-        check(self.mixup >= 0 and self.cutmix >= 0, "finetune.mixup", "alphas must be >= 0")
-        check(0 <= self.mixup_switch_prob <= 1, "finetune.mixup_switch_prob", "must be in [0, 1]")
-        check(0 <= self.re_prob <= 1, "finetune.re_prob", "must be in [0, 1]")
-        check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "finetune.crop_scale",
-              "expected [low, high] with 0 < low <= high <= 1")
-        check(0 <= self.hflip <= 1, "finetune.hflip", "must be in [0, 1]")
-        check(self.clip_grad is None or self.clip_grad > 0, "finetune.clip_grad", "must be > 0 or null")
-        for name in ("max_steps", "epoch_steps"):
-            check(getattr(self, name) is None or getattr(self, name) >= 1, f"finetune.{name}",
-                  "must be >= 1 or null")
-        check(self.eval_batch >= 1, "finetune.eval_batch", "must be >= 1")
-        check(self.keep_checkpoints >= 1, "finetune.keep_checkpoints", "must keep at least 1")
-
-    @property
-    def mixing(self) -> bool:
-        return self.mixup > 0 or self.cutmix > 0
-
-    @property
-    def peak_lr(self) -> float:
-        """The base lr of the backbone: blr x global_batch / 256 unless `lr` is given."""
-        return self.lr if self.lr is not None else self.blr * self.global_batch / 256
 
 
 def build_classifier(weights: str | Path, cfg: FinetuneConfig, num_classes: int,
@@ -179,13 +92,14 @@ class _Finetune:
               f"{self.model.cfg.patch_size}")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema.enabled else None
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if self.ema else None
-        self.ddp = None
-        if env.enabled:
-            ids = [env.local_rank] if env.device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.ddp = engine.wrap_ddp(self.model, env)
         groups = param_groups(self.model, lr=cfg.peak_lr, head_lr=cfg.head_lr,
                               weight_decay=cfg.weight_decay, depth=self.model.cfg.depth)
         self.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+        self.engine = engine.StepEngine(
+            self.model, self.optimizer, env, accumulation=self.accumulation,
+            image_shape=(self.model.cfg.in_chans, data.image_size, data.image_size),
+            ddp=self.ddp, clip_grad=cfg.clip_grad)
         self.schedule = LayerDecaySchedule(
             decay=cfg.layer_decay, total_steps=self.total_steps,
             warmup=int(cfg.warmup_fraction * self.total_steps), schedule=cfg.layer_decay_schedule,
@@ -199,9 +113,7 @@ class _Finetune:
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         else:
             self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
-        self.autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if use_bf16
-                         else contextlib.nullcontext())
+        self.autocast, precision = engine.autocast(cfg.precision, env.device)
         self.ckpt = CheckpointManager(self.work_dir, CheckpointConfig(keep_last=cfg.keep_checkpoints))
         self.step, self.records, self.best = 0, [], None
         self.loss_sum, self.loss_count = 0.0, 0  # training loss since the last evaluation
@@ -210,7 +122,7 @@ class _Finetune:
                      "accumulation=%d steps/epoch=%d total_steps=%d warmup=%d precision=%s",
                      cfg.peak_lr, cfg.blr, cfg.global_batch, cfg.head_lr, env.world_size,
                      self.accumulation, self.steps_per_epoch, self.total_steps,
-                     self.schedule.warmup, "bf16" if use_bf16 else "fp32")
+                     self.schedule.warmup, precision)
 
     def _build_data(self) -> list:
         """Train loader (map-style: seeded items in a resumable order; wds: the shard stream),
@@ -246,9 +158,8 @@ class _Finetune:
     def _payload(self) -> dict[str, Any]:
         return {
             "model_config": to_dict(self.model.cfg),
-            "model": self.model.state_dict(),
+            **self.engine.state_dict(),  # model, optimizer
             "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "total_steps": self.total_steps,
             "epoch": self.step // self.steps_per_epoch,
@@ -270,17 +181,15 @@ class _Finetune:
 
     def _restore(self) -> bool:
         """Resume from the newest checkpoint that loads (rank 0 chooses). False: none."""
-        found = self.ckpt.resume(warn=log.warning) if self.env.is_main else None
-        path = distributed.broadcast_object(str(found[0]) if found else None, self.env)
-        if path is None:
+        restored = engine.restore_latest(self.ckpt, self.env, warn=log.warning)
+        if restored is None:
             return False
-        payload = found[1] if found else checkpoint.load(path)
+        path, payload = restored
         if int(payload["total_steps"]) != self.total_steps:
             raise ConfigError(
                 f"finetune: {path} belongs to a run of {payload['total_steps']} steps, this one "
                 f"has {self.total_steps}; keep the recipe or use a new work directory")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        self.engine.load_state_dict(payload)
         if self.ema is not None:
             self.ema.load_state_dict(payload["ema"])
         self.step = int(payload["step"])
@@ -298,57 +207,35 @@ class _Finetune:
 
     # -- training -------------------------------------------------------------------------------
 
-    def _micro_batch(self, batch: dict, micro: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(images, targets, weight) on the device; mixed by Mixup/CutMix when configured."""
-        images, labels = batch["image"], batch["label"]
-        if self.mixup is not None and len(labels) % 2:  # an unreadable image made it odd:
-            images, labels = images[:-1], labels[:-1]  # timm's batch mixing needs pairs
-        weight = 1.0
-        if len(labels) == 0:  # nothing readable: a zero-weighted dummy keeps DDP in step
-            weight, size = 0.0, self.data.image_size
-            images = torch.zeros(2, self.model.cfg.in_chans, size, size)
-            labels = torch.zeros(2, dtype=torch.long)
-        images = images.to(self.env.device, non_blocking=True)
-        labels = labels.to(self.env.device, non_blocking=True)
-        if self.mixup is None:
-            return images, labels, weight
-        with nepa_data.seeded(mix_seed(self.cfg.seed, "mixup", self.step, micro, self.env.rank)):
-            images, targets = self.mixup(images, labels)  # targets: (B, classes), soft
-        return images, targets, weight
+    def _pairs(self, batch: dict) -> dict:
+        """With Mixup/CutMix, drop the last image of an odd batch: timm's mixing needs pairs."""
+        if self.mixup is None or len(batch["label"]) % 2 == 0:
+            return batch  # an unreadable image makes a batch odd
+        return {**batch, "image": batch["image"][:-1], "label": batch["label"][:-1]}
+
+    def _forward(self, batch: dict, micro: int) -> tuple[torch.Tensor, None]:
+        """The engine's forward: the classifier loss of one micro-batch (mixed if configured)."""
+        images = batch["image"].to(self.env.device, non_blocking=True)
+        targets = batch["label"].to(self.env.device, non_blocking=True)
+        if self.mixup is not None:
+            with nepa_data.seeded(mix_seed(self.cfg.seed, "mixup", self.step, micro, self.env.rank)):
+                images, targets = self.mixup(images, targets)  # targets: (B, classes), soft
+        with self.autocast:
+            logits = (self.model if self.ddp is None else self.ddp)(images)  # (B, classes)
+        return self.criterion(logits.float(), targets), None
 
     def _train_step(self, batches: Iterator[dict]) -> dict[str, float]:
         torch.manual_seed(mix_seed(self.cfg.seed, "step", self.step, self.env.rank))
         lrs = self.schedule.lrs(self.step, self.optimizer.param_groups)
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
-        forward = self.ddp if self.ddp is not None else self.model
-        losses = []
-        for micro in range(self.accumulation):
-            images, targets, weight = self._micro_batch(next(batches), micro)
-            sync = contextlib.nullcontext()
-            if self.ddp is not None and micro < self.accumulation - 1:
-                sync = self.ddp.no_sync()
-            with sync:
-                with self.autocast:
-                    logits = forward(images)  # (B, classes)
-                loss = self.criterion(logits.float(), targets)
-                (loss * (weight / self.accumulation)).backward()
-            if weight:
-                losses.append(loss.detach())
-        local = torch.stack(losses).mean() if losses else torch.full((), math.nan, device=self.env.device)
-        loss = distributed.all_reduce_mean(local, self.env).item()  # the same on every rank
-        if math.isfinite(loss):
-            if self.cfg.clip_grad is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-            self.optimizer.step()
+        result = self.engine.step(map(self._pairs, batches), self._forward, step=self.step)
+        if not result.skipped:
             if self.ema is not None:
                 self.ema.update(self.model, self.step)
-            self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
-        else:
-            log.warning("non-finite loss at step %d: step skipped", self.step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
+            self.loss_sum, self.loss_count = self.loss_sum + result.loss, self.loss_count + 1
         self.step += 1
-        return {"loss": loss, "lr": max(lrs)}
+        return {"loss": result.loss, "lr": max(lrs)}
 
     def _end_epoch(self) -> None:
         """Evaluate raw and EMA weights, log the epoch, keep the best, save a checkpoint."""
@@ -358,8 +245,10 @@ class _Finetune:
             models["ema"] = self.ema_model
         results = evaluate_classifiers(models, self.val, batch_size=self.cfg.eval_batch,
                                        env=self.env, data=self.data)
+        since = self.step - (self.records[-1]["step"] if self.records else 0)
         record: dict[str, Any] = {"epoch": -(-self.step // self.steps_per_epoch), "step": self.step,
-                                  "train_loss": self.loss_sum / max(1, self.loss_count)}
+                                  "train_loss": self.loss_sum / max(1, self.loss_count),
+                                  "skipped_steps": since - self.loss_count}  # non-finite
         for name, result in results.items():
             record.update({f"{name}_top1": result["top1"], f"{name}_top5": result["top5"]})
         record["images"] = results["raw"]["images"]

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
+from nepa.evals.config import Ramp, Schedule
 from nepa.train.optim import lr_at, no_weight_decay
 
-Schedule = Literal["release", "dynamic"]
-Ramp = Literal["linear", "cosine"]
 HEAD_PREFIXES = ("head.", "norm.")  # classifier and final LayerNorm: their own head_lr
 EMBED_PREFIXES = ("patch_embed.", "cls_token", "mask_token")
 

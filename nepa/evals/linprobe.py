@@ -13,29 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nepa.config import check
 from nepa.evals.common import EvalControl, EvalOutcome, Metric
+from nepa.evals.config import LinProbeConfig
 from nepa.model import NepaViT
-
-
-@dataclass(frozen=True, kw_only=True)
-class LinProbeConfig:
-    features: tuple[str, ...] = ("mean", "last")  # mean of patch tokens, last token
-    blocks: tuple[int, ...] = ()  # also probe these blocks' outputs (mean of patch tokens)
-    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1)  # AdamW lr, chosen on held-out train
-    epochs: int = 100  # over the cached features, cosine schedule
-    weight_decay: float = 0.0
-    holdout_fraction: float = 0.2  # of train, for choosing C
-    batch_size: int = 256  # feature extraction
-    head_batch: int = 1024  # probe training on cached features
-    seed: int = 0
-    crop_pct: float = 0.875  # eval transform: resize to size / crop_pct, centre crop
-
-    def __post_init__(self) -> None:
-        check(0 < self.crop_pct <= 1, "linprobe.crop_pct", "must be in (0, 1]")
-        check(0 < self.holdout_fraction < 1, "linprobe.holdout_fraction", "must be in (0, 1)")
-        check(all(f in ("mean", "last") for f in self.features), "linprobe.features",
-              "each must be 'mean' or 'last'")
 
 
 @dataclass(frozen=True)
@@ -121,8 +101,10 @@ def _accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def linear_probe(model: NepaViT, train: Dataset, val: Dataset,
-                 cfg: LinProbeConfig = LinProbeConfig()) -> list[ProbeResult]:
-    """Probe each feature kind; lr chosen on held-out train, reported on val."""
+                 cfg: LinProbeConfig | None = None) -> list[ProbeResult]:
+    """Probe each feature kind; lr chosen on held-out train, reported on val (default recipe
+    when `cfg` is None)."""
+    cfg = cfg or LinProbeConfig()
     train_x, train_y = extract_features(model, train, cfg)
     num_classes = int(train_y.max()) + 1
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed))

@@ -14,9 +14,7 @@ import yaml
 
 from nepa.config import ConfigError, check, from_dict, to_dict
 from nepa.data.config import DataConfig
-from nepa.evals.classify import ClassifyConfig
-from nepa.evals.finetune import FinetuneConfig
-from nepa.evals.linprobe import LinProbeConfig
+from nepa.evals.config import ClassifyConfig, FinetuneConfig, LinProbeConfig
 from nepa.evals.segmentation.config import SegmentationConfig
 from nepa.paths import resolve_fields, store_fields
 

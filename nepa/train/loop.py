@@ -7,11 +7,9 @@ SLURM or submitit.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from nepa.config import to_dict
 from nepa.model import NepaViT
 from nepa.objective import embedding_spread, nepa_loss
 from nepa.rundir import atomic_write
-from nepa.train import distributed
+from nepa.train import distributed, engine
 from nepa.train.checkpoints import CheckpointManager
 from nepa.train.config import base_lr, warmup_steps
 from nepa.train.ema import EMA
@@ -111,13 +109,15 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + self.env.rank)
         self.model = NepaViT(cfg.model).to(self.env.device)
         self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
-        step_module: nn.Module = _Pretrainer(self.model, cfg.objective.shift, cfg.objective.stop_grad)
-        if self.env.enabled:
-            ids = [self.env.local_rank] if self.env.device.type == "cuda" else None
-            step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
-        self.ddp = step_module if self.env.enabled else None
+        pretrainer = _Pretrainer(self.model, cfg.objective.shift, cfg.objective.stop_grad)
+        ddp = engine.wrap_ddp(pretrainer, self.env)
+        step_module = pretrainer if ddp is None else ddp
         self.step_module = torch.compile(step_module) if cfg.train.compile else step_module
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.engine = engine.StepEngine(
+            self.model, self.optimizer, self.env, accumulation=cfg.train.accumulation,
+            image_shape=(cfg.model.in_chans, cfg.model.image_size, cfg.model.image_size),
+            ddp=ddp, clip_grad=cfg.optim.clip_grad)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema.enabled else None
         self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint)
 
@@ -130,10 +130,7 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
         self.peak_lr = base_lr(cfg.optim, cfg.train.global_batch)
         self.warmup = warmup_steps(cfg.optim, self.total_steps)
-        use_bf16 = cfg.train.precision == "bf16" or (
-            cfg.train.precision == "auto" and self.env.device.type == "cuda")
-        self.autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
-                         if use_bf16 else contextlib.nullcontext())
+        self.autocast, precision = engine.autocast(cfg.train.precision, self.env.device)
         if self.env.is_main:
             log.info(
                 "derived: world_size=%d (nodes %d x %d) micro_batch=%d accumulation=%d "
@@ -141,7 +138,7 @@ class Trainer:
                 "warmup=%d precision=%s", self.env.world_size, cfg.train.nodes,
                 cfg.train.procs_per_node, cfg.train.micro_batch, cfg.train.accumulation,
                 cfg.train.global_batch, self.peak_lr, cfg.optim.blr, cfg.train.global_batch,
-                self.steps_per_epoch, self.total_steps, self.warmup, "bf16" if use_bf16 else "fp32")
+                self.steps_per_epoch, self.total_steps, self.warmup, precision)
 
     def _build_data(self) -> None:
         """Map-style sources: a ResumableSampler over (epoch, index)-seeded items. Shards: the
@@ -178,9 +175,8 @@ class Trainer:
     def _payload(self, rng_states: list[dict]) -> dict[str, Any]:
         return {
             "model_config": to_dict(self.cfg.model),
-            "model": self.model.state_dict(),
+            **self.engine.state_dict(),  # model, optimizer
             "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(),
             "scaler": None,  # bf16/fp32 need no loss scaling
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
@@ -205,17 +201,11 @@ class Trainer:
 
     def _restore(self) -> bool:
         """Load the newest valid checkpoint (rank 0 picks it). False when there is none."""
-        found = None
-        if self.env.is_main:
-            found = self.ckpt.resume(warn=log.warning)
-        path = distributed.broadcast_object(str(found[0]) if found else None, self.env)
-        if path is None:
+        restored = engine.restore_latest(self.ckpt, self.env, warn=log.warning)
+        if restored is None:
             return False
-        from nepa import checkpoint
-
-        payload = found[1] if found else checkpoint.load(path)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        path, payload = restored
+        self.engine.load_state_dict(payload)
         if self.ema is not None and payload.get("ema") is not None:
             self.ema.load_state_dict(payload["ema"])
         self.step = int(payload["step"])
@@ -324,66 +314,41 @@ class Trainer:
                     self.save()
         return "done"
 
+    def _forward(self, batch: dict, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's forward: (objective loss, output embeddings) of one micro-batch."""
+        images = batch["image"].to(self.env.device, non_blocking=True)
+        with self.autocast:
+            loss, outputs = self.step_module(images)
+        if self._loss_hook is not None:
+            loss = self._loss_hook(self.step, loss)
+        return loss, outputs
+
     def _train_step(self, batches: Iterator[dict], epoch: int) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
         start = time.perf_counter()
-        data_time, skipped_images, losses, outputs = 0.0, 0, [], None
-        accumulation = cfg.train.accumulation
-        for micro in range(accumulation):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            data_time += time.perf_counter() - t0
-            skipped_images += int(batch.get("skipped", 0))
-            images = batch["image"].to(env.device, non_blocking=True)
-            weight = 1.0
-            if images.shape[0] == 0:  # every image unreadable: a zero-weighted dummy keeps
-                weight = 0.0          # DDP's collectives in step with the other ranks
-                size = cfg.model.image_size
-                images = torch.zeros(1, cfg.model.in_chans, size, size, device=env.device)
-            sync = contextlib.nullcontext()
-            if self.ddp is not None and micro < accumulation - 1:
-                sync = self.ddp.no_sync()
-            with sync:
-                with self.autocast:
-                    loss, outputs = self.step_module(images)
-                if self._loss_hook is not None:
-                    loss = self._loss_hook(self.step, loss)
-                (loss * (weight / accumulation)).backward()
-            if weight:
-                losses.append(loss.detach().float())
-        # A step without one readable image has no loss: NaN, so it is skipped like a bad step.
-        local = torch.stack(losses).mean() if losses else torch.full((), math.nan, device=env.device)
-        loss = distributed.all_reduce_mean(local, env)
         lr = lr_at(self.step, peak=self.peak_lr, total_steps=self.total_steps,
                    warmup=self.warmup, floor=cfg.optim.min_lr)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), cfg.optim.clip_grad or math.inf)
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
-        if finite:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model, self.step)
-        else:
-            log.warning("non-finite loss/grad at step %d (loss %s): step skipped", self.step + 1,
-                        loss.item())
-        self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        result = self.engine.step(batches, self._forward, step=self.step)
+        if self.ema is not None and not result.skipped:
+            self.ema.update(self.model, self.step)
         self.step += 1
         step_time = time.perf_counter() - start
         record = {
-            "step": self.step, "epoch": epoch, "loss": loss.item(), "lr": lr,
-            "grad_norm": grad_norm.item(), "images_per_s": cfg.train.global_batch / step_time,
-            "step_time_s": step_time, "data_time_s": data_time, "mem_mb": _memory_mb(env.device),
-            "skipped_images": skipped_images, "skipped_step": not finite, "time": time.time(),
+            "step": self.step, "epoch": epoch, "loss": result.loss, "lr": lr,
+            "grad_norm": result.grad_norm, "images_per_s": cfg.train.global_batch / step_time,
+            "step_time_s": step_time, "data_time_s": result.data_time_s,
+            "mem_mb": _memory_mb(env.device), "skipped_images": result.skipped_images,
+            "skipped_step": result.skipped, "time": time.time(),
         }
         final = self.step == self.total_steps  # always monitored: outcome.json records it
-        if (self.step % cfg.train.monitor_every == 0 or final) and outputs is not None:
-            spread = self.spread = embedding_spread(outputs).item()
+        if (self.step % cfg.train.monitor_every == 0 or final) and result.outputs is not None:
+            spread = self.spread = embedding_spread(result.outputs).item()
             record["spread"] = spread
-            if env.is_main and (spread < cfg.train.collapse_spread or loss.item() < -0.99):
+            if env.is_main and (spread < cfg.train.collapse_spread or result.loss < -0.99):
                 log.warning("possible representation collapse at step %d: embedding spread %.4f, "
-                            "loss %.4f", self.step, spread, loss.item())
+                            "loss %.4f", self.step, spread, result.loss)
         self.heartbeat.beat(self.step)
         if env.is_main:
             self.metrics.write(record)

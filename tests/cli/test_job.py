@@ -91,7 +91,7 @@ def test_eval_job_saves_on_the_signal_requeues_and_finishes_with_a_result(tmp_pa
 
     from nepa import checkpoint
     from nepa.data import DataConfig
-    from nepa.evals.finetune import FinetuneConfig
+    from nepa.evals.config import FinetuneConfig
     from nepa.evals.spec import SPEC_FILE, EvalSpec, dump_spec
     from nepa.model import build_model
     from nepactl import runs

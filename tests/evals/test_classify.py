@@ -16,7 +16,6 @@ from nepa import checkpoint
 from nepa.config import ConfigError
 from nepa.data.config import DataConfig
 from nepa.evals.classify import (
-    ClassifyConfig,
     NotAClassifier,
     count_correct,
     eval_loader,
@@ -24,6 +23,7 @@ from nepa.evals.classify import (
     run_imagenet_val,
 )
 from nepa.evals.common import EvalControl
+from nepa.evals.config import ClassifyConfig
 from nepa.model import build_model
 from nepa.train.distributed import DistEnv
 

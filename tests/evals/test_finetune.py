@@ -15,9 +15,10 @@ import torch.multiprocessing as mp
 from nepa import checkpoint
 from nepa.config import ConfigError
 from nepa.data.config import DataConfig
-from nepa.evals.classify import ClassifyConfig, run_imagenet_val
+from nepa.evals.classify import run_imagenet_val
 from nepa.evals.common import EvalControl
-from nepa.evals.finetune import METRICS_FILE, FinetuneConfig, build_classifier, run_finetune
+from nepa.evals.config import ClassifyConfig, FinetuneConfig
+from nepa.evals.finetune import METRICS_FILE, build_classifier, run_finetune
 from nepa.model import build_model
 from nepa.train.config import EMAConfig
 
@@ -167,8 +168,28 @@ def test_without_mixup_or_ema_label_smoothed_ce_and_raw_selection(pretrained, tm
     assert outcome.status == "COMPLETED" and outcome.step == 2
     assert {(m.weights, m.detail["selected"]) for m in outcome.metrics} == {
         ("raw", "final"), ("raw", "best_raw")}
-    assert list(outcome.curves["val"][0]) == ["epoch", "step", "train_loss", "raw_top1", "raw_top5",
-                                              "images"]
+    assert list(outcome.curves["val"][0]) == ["epoch", "step", "train_loss", "skipped_steps",
+                                              "raw_top1", "raw_top5", "images"]
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_skips_the_step(pretrained, tmp_path, monkeypatch):
+    from nepa.evals import finetune
+
+    def inf_head_gradient(*args, **kwargs):
+        model = build_classifier(*args, **kwargs)
+        model.head.weight.register_hook(lambda grad: grad * float("inf"))
+        return model
+
+    monkeypatch.setattr(finetune, "build_classifier", inf_head_gradient)
+    cfg = FinetuneConfig(max_steps=1, global_batch=16, micro_batch=16, eval_batch=300,
+                         ema=EMAConfig(enabled=False))
+    outcome = run_finetune(pretrained[0], cfg, DATA, tmp_path, control=EvalControl())
+    assert outcome.status == "COMPLETED"
+    assert outcome.curves["val"][0]["skipped_steps"] == 1
+    saved = checkpoint.load(tmp_path / "checkpoints" / "step_00000001.pt")
+    assert saved["optimizer"]["state"] == {}  # the optimizer never stepped
+    assert not saved["model"]["head.weight"].any()  # still the zero-initialised head
+    assert all(torch.equal(saved["model"][k], v) for k, v in pretrained[1].items() if k in saved["model"])
 
 
 def test_config_checks_name_the_dotted_field():

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nepa.evals.finetune import FinetuneConfig
+from nepa.evals.config import FinetuneConfig
 from nepa.evals.layer_decay import LayerDecaySchedule, layer_scale, param_groups
 from nepa.model import build_model
 from nepa.train.optim import lr_at

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from nepa.evals.linprobe import LinProbeConfig, extract_features, linear_probe
+from nepa.evals.config import LinProbeConfig
+from nepa.evals.linprobe import extract_features, linear_probe
 from nepa.model import build_model
 
 

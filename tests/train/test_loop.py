@@ -101,6 +101,21 @@ def test_transient_nan_is_skipped(tmp_path):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if not r["skipped_step"])
 
 
+def test_a_non_finite_gradient_with_a_finite_loss_is_skipped(tmp_path):
+    run = make_run(tmp_path / "run", train={"max_steps": 3})
+
+    def inf_gradient(step, loss):  # the loss stays finite, its gradient does not
+        if step == 1:
+            loss.register_hook(lambda grad: grad * math.inf)
+        return loss
+
+    result = Trainer(load_run_config(run), run, loss_hook=inf_gradient).fit()
+    assert result.status is RunStatus.COMPLETED
+    records = read_metrics(run)
+    assert [r["skipped_step"] for r in records] == [False, True, False]
+    assert math.isfinite(records[1]["loss"]) and not math.isfinite(records[1]["grad_norm"])
+
+
 def test_persistent_nan_rolls_back_then_recovers_or_diverges(tmp_path):
     # Bad steps 3..6 exceed max_bad_steps=3 -> rollback to step 2; the fault was transient.
     run = make_run(tmp_path / "recovers", train={"max_steps": 8})
