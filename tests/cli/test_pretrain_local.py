@@ -49,7 +49,12 @@ def test_submit_progress_completed_and_resume_refused(tmp_path):
     row, _ = _wait(root, "e2e", lambda r: r["state"] == "RUNNING" and r["step"] > 0)
     assert row["total"] == 30 and 0 < row["percent"] <= 100
     row, seen = _wait(root, "e2e", lambda r: r["state"] == "COMPLETED")
-    assert row["step"] == 30 and row["loss"] < 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 31))  # every step once
+    losses = [r["loss"] for r in records]
+    assert row["step"] == 30 and row["loss"] == pytest.approx(losses[-1])
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.02, losses  # it learned: the negative cosine went down
     assert (run / "checkpoints" / "step_00000030.pt").exists()
     attempt = json.loads((run / "attempts" / "attempt-1.json").read_text())
     assert attempt["code"] == str((run / "code").resolve())  # the job ran the snapshot
@@ -74,7 +79,9 @@ def test_cancel_then_resume_continues_from_the_checkpoint(tmp_path):
     result = runner.invoke(app, ["resume", "long", "--runs-root", str(root)])
     assert result.exit_code == 0, result.output
     row, _ = _wait(root, "long", lambda r: r["state"] == "RUNNING" and r["step"] > stopped_at)
-    runner.invoke(app, ["cancel", "long", "--runs-root", str(root)])
+    again = runner.invoke(app, ["cancel", "long", "--runs-root", str(root)])
+    assert again.exit_code == 0 and "cancelled long" in again.output, again.output
+    assert _status(root, "long")["state"] == "CANCELLED"
     log = (root / "long" / "submitit")
     text = "".join(p.read_text() for p in log.glob("*_0_log.err"))
     assert "resumed from" in text  # continued from its checkpoint, not from scratch

@@ -92,6 +92,11 @@ def test_status_json_and_table_without_torch(tmp_path):
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(done.stdout)
     assert row["run"] == "a" and row["state"] == "COMPLETED" and row["step"] == 10
+    table = subprocess.run([sys.executable, "-c", code.replace("'--json', ", "")], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    line = next(x for x in table.stdout.splitlines() if " a " in x or x.strip().startswith("a "))
+    assert "COMPLETED" in line and "tiny" in line, table.stdout
 
 
 def test_create_run_is_atomic_and_exclusive(tmp_path):

@@ -111,7 +111,12 @@ def test_tensorboard_keeps_one_run_identity(tmp_path):
     log = MetricsLog(tmp_path, resume_step=1, tensorboard=True)
     log.write({"step": 2, "loss": 0.4})
     log.close()
-    assert [p.name for p in (tmp_path).iterdir() if p.name == "tensorboard"] == ["tensorboard"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))  # one directory: one run in TensorBoard
+    events.Reload()
+    scalars = [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss")]
+    assert scalars == [(1, 0.5), (2, 0.4)]  # both attempts' scalars, each step once
 
 
 def test_world_size_mismatch_fails_fast(monkeypatch):

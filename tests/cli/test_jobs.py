@@ -72,7 +72,7 @@ def test_requeue_limits_count_preemptions_and_timeouts_separately(tmp_path):
 def test_stop_cause_comes_from_slurm_time_left(monkeypatch):
     import subprocess as sp
 
-    from nepactl import job
+    from nepactl import preempt as job
 
     assert job._parse_slurm_duration("1-02:03:04") == 93784
     assert job._parse_slurm_duration("05:00") == 300 and job._parse_slurm_duration("UNLIMITED") is None
