@@ -52,6 +52,34 @@ def test_milestone_and_final_evaluations_run_and_are_not_repeated(tmp_path):
     assert again.exit_code == 0 and "skip (done)" in again.output, again.output
 
 
+def test_local_job_submits_its_chained_evaluations_as_local_jobs(tmp_path, monkeypatch):
+    """The path `make demo` users take: the training job runs under the local executor, in its
+    run directory, and submits the milestone and final evaluations as local jobs itself; the
+    default relative runs root, started from the project directory."""
+    import time
+
+    from nepa import rundir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEPA_RUNS", raising=False)
+    result = runner.invoke(app, ["pretrain", *TINY, "--cluster", "local", "--name", "lc", "--evals", "linprobe",
+                                 "--config", _chain_file(tmp_path, at_steps=[4])])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "lc"
+    results = [run / "evals" / name / "result.json" for name in ("linprobe-step4-seed0", "linprobe-step12-seed0")]
+    deadline = time.time() + 300
+    while not all(p.is_file() for p in results):
+        failed = [d for d in (run / "evals").glob("*") if (rundir.read_json(d / "outcome.json") or {}).get(
+            "status") == "FAILED"] if (run / "evals").is_dir() else []
+        logs = "".join(p.read_text() for p in run.rglob("*_log.err"))
+        assert not failed and time.time() < deadline, logs[-3000:]
+        time.sleep(1)
+    assert [json.loads(p.read_text())["checkpoint"]["step"] for p in results] == [4, 12]
+    submits = [e for e in _ledger(run) if e["event"] == "eval_submit"]
+    assert len(submits) == 2 and all(e["executor"] == "local" for e in submits)
+    assert all(e["job_id"].isdigit() for e in submits)  # controller pids: real local jobs
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--set", "evals.tasks=[imagenet-val]"], "evals.tasks: unknown or unchainable task 'imagenet-val'"),
     (["--set", "evals.at_steps=[5]"], "evals.at_steps: milestones need evals.tasks"),
