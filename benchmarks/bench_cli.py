@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,19 +22,44 @@ from pathlib import Path
 NEPACTL = [str(Path(sys.executable).parent / "nepactl")]  # the installed entry point
 
 
-def make_runs(root: Path, count: int) -> None:
+def make_runs(root: Path, count: int, running_pid: int) -> None:
+    """A mix as a cluster user has it: a third COMPLETED local runs, a third RUNNING local runs
+    (their controller alive: `running_pid`), a third RUNNING SLURM runs (answered by the stub
+    squeue on PATH: the scheduler's own latency is left out)."""
     for i in range(count):
         d = root / f"run-{i:05d}"
         (d / "heartbeats").mkdir(parents=True)
+        kind = ("completed", "local", "slurm")[i % 3]
+        job_id = str(running_pid) if kind == "local" else str(10**7 + i)
+        executor = "slurm" if kind == "slurm" else "local"
         (d / "run.json").write_text(json.dumps({"name": d.name, "task": "pretrain", "size": "B",
-                                                "nodes": 1, "procs_per_node": 8, "executor": "local",
-                                                "created": time.time(), "max_steps": 1000}))
-        (d / "ledger.jsonl").write_text(json.dumps({"event": "submit", "job_id": str(10**7 + i),
-                                                    "executor": "local", "time": time.time()}) + "\n")
+                                                "nodes": 1, "procs_per_node": 8, "executor": executor,
+                                                "created": time.time(), "max_steps": 1000, "format": 2}))
+        (d / "ledger.jsonl").write_text(json.dumps({"event": "submit", "job_id": job_id,
+                                                    "executor": executor, "time": time.time()}) + "\n")
         with open(d / "metrics.jsonl", "w") as f:
             for step in range(1, 201):
                 f.write(json.dumps({"step": step, "loss": -0.5, "time": time.time()}) + "\n")
-        (d / "outcome.json").write_text(json.dumps({"status": "COMPLETED", "step": 1000, "total_steps": 1000}))
+        if kind == "completed":
+            (d / "outcome.json").write_text(json.dumps({"status": "COMPLETED", "step": 1000, "total_steps": 1000}))
+        else:
+            for rank in range(8):
+                (d / "heartbeats" / f"rank{rank}.json").write_text(json.dumps({"time": time.time(), "step": 200}))
+
+
+STUB_SQUEUE = """#!/bin/sh
+# squeue -h -r -o "%i %T" -j ID,ID,...: every asked id is RUNNING
+while [ $# -gt 0 ]; do [ "$1" = "-j" ] && echo "$2" | tr ',' '\\n' | sed 's/$/ RUNNING/'; shift; done
+"""
+
+
+def stub_scheduler(directory: Path) -> dict[str, str]:
+    """An environment whose PATH finds the stub squeue (and a sacct that is never needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (("squeue", STUB_SQUEUE), ("sacct", "#!/bin/sh\nexit 0\n")):
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{directory}{os.pathsep}{os.environ['PATH']}"}
 
 
 def make_imagefolder(root: Path, classes: int = 10, per_class: int = 20) -> Path:
@@ -49,11 +75,11 @@ def make_imagefolder(root: Path, classes: int = 10, per_class: int = 20) -> Path
     return root
 
 
-def timed(args: list[str], repeats: int) -> list[float]:
+def timed(args: list[str], repeats: int, env: dict[str, str] | None = None) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run(NEPACTL + args, capture_output=True, check=True)
+        subprocess.run(NEPACTL + args, capture_output=True, check=True, env=env)
         times.append(time.perf_counter() - start)
     return times
 
@@ -74,11 +100,17 @@ def main() -> None:
         rows.append(("pretrain --size L --nodes 8 --dry-run (ImageFolder)", timed(
             ["pretrain", "--size", "L", "--nodes", "8", "--dry-run", "--set", "data.source=imagefolder",
              "--set", f"data.path={data}", "--runs-root", str(Path(tmp) / "runs")], args.repeats)))
-    for count in (10, 100, 1000):
-        with tempfile.TemporaryDirectory() as tmp:
-            make_runs(Path(tmp), count)
-            rows.append((f"status --json, {count} runs",
-                         timed(["status", "--json", "--runs-root", tmp], args.repeats)))
+    # A live process whose command line names submitit: what status takes for a local controller.
+    controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "submitit"])
+    try:
+        for count in (10, 100, 1000):
+            with tempfile.TemporaryDirectory() as tmp:
+                make_runs(Path(tmp) / "runs", count, controller.pid)
+                env = stub_scheduler(Path(tmp) / "bin")
+                rows.append((f"status --json, {count} runs (1/3 done, 1/3 local, 1/3 SLURM running)",
+                             timed(["status", "--json", "--runs-root", str(Path(tmp) / "runs")], args.repeats, env)))
+    finally:
+        controller.kill()
     print("| command | median s | min-max s |")
     print("|---|---|---|")
     for label, times in rows:
