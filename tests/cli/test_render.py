@@ -117,3 +117,38 @@ def test_local_executor_asks_submitit_for_the_profile_gpus(tmp_path, monkeypatch
     executor = make_executor(ClusterConfig(executor="local", gpus_per_node=2, tasks_per_node=2), tmp_path,
                              nodes=1, job_name="x", code_dir=None)
     assert executor.parameters["visible_gpus"] == (3, 5)  # the user's restriction is kept
+
+
+def test_dry_runs_and_render_never_import_torch(tmp_path):
+    """Rendering, validating and planning are torch-free: pretrain --dry-run of L on 8 nodes with
+    an ImageFolder (its data checked and counted), render, and eval --dry-run of a run."""
+    import subprocess
+    import sys
+    import tarfile
+
+    from PIL import Image
+
+    from tests.conftest import FIXTURES
+
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / "data" / split / f"c{c}").mkdir(parents=True)
+            for i in range(40):  # 80 images: more than one global batch of 64
+                Image.new("RGB", (8, 8)).save(tmp_path / "data" / split / f"c{c}" / f"{i}.png")
+    root = tmp_path / "runs"
+    with tarfile.open(FIXTURES / "rundir-format1" / "old-format.tar.gz") as archive:
+        archive.extractall(root, filter="data")
+    data = ["--set", "data.source=imagefolder", "--set", f"data.path={tmp_path / 'data'}"]
+    commands = [["pretrain", "--size", "L", "--nodes", "8", "--gpus-per-node", "8", "--cluster", "slurm",
+                 "--dry-run", *data, "--set", "train.global_batch=64", "--set", "train.micro_batch=1",
+                 "--set", "train.max_steps=10", "--runs-root", str(root)],
+                ["render", "--size", "B", "--nodes", "4", "--gpus-per-node", "8", "--cluster", "slurm", *data],
+                ["eval", "old-format", "--tasks", "linprobe,finetune", "--dry-run", "--cluster", "local",
+                 "--runs-root", str(root)]]
+    for args in commands:
+        code = ("import sys\nfrom nepactl.app import app\n"
+                f"try:\n    app({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+                "assert 'torch' not in sys.modules, 'torch imported'\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (args[0], done.stdout[-1500:], done.stderr[-1500:])
+        assert "resolved config" in done.stdout or "# linprobe-step10-seed0: submit" in done.stdout
