@@ -121,7 +121,12 @@ def test_stop_request_interrupts_a_single_process_evaluation():
 def classifier_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     model = build_model("tiny", depth=1, num_classes=CLASSES, labels=tuple("0123456789"))
-    ema = {k: v + 0.01 for k, v in model.state_dict().items()}
+    # An EMA that always answers class 3 (zero head weights, bias one-hot): its top-1 is the share
+    # of 3s in val, which the raw weights do not give; so a result shows which weights were used.
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    ema["head.weight"].zero_()
+    ema["head.bias"].zero_()
+    ema["head.bias"][3] = 10.0
     checkpoint.save(root / "cls.pt", checkpoint.model_payload(model.cfg, model.state_dict()))
     checkpoint.save(root / "cls_ema.pt", checkpoint.model_payload(model.cfg, model.state_dict(), ema=ema))
     pre = build_model("tiny", depth=1)
@@ -149,7 +154,11 @@ def test_run_imagenet_val_on_real_digits(classifier_files, tmp_path):
     ema = run_imagenet_val(root / "cls_ema.pt", ClassifyConfig(crop_pct=0.95, squash=True), data,
                            tmp_path, control=EvalControl())
     assert {m.weights for m in ema.metrics} == {"ema"}
-    assert ema.metrics[0].detail["squash"] is True and 0 <= ema.metrics[0].value <= 100
+    threes = sum(1 for label in build_dataset(data, "val", None).labels if label == 3)
+    ema_top1 = next(m for m in ema.metrics if m.name == "top1")
+    assert ema_top1.detail["squash"] is True
+    assert ema_top1.value == pytest.approx(100 * threes / 300)  # the EMA weights, not the raw ones
+    assert metrics["top1"].value != pytest.approx(ema_top1.value)
 
 
 def test_pretraining_weights_are_refused_with_the_fix(classifier_files, tmp_path):
