@@ -13,12 +13,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"nepactl {version('nepa')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            from nepa import __version__
+
+            typer.echo(f"nepactl {__version__} (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def root() -> None:
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """Pretrain, evaluate and track NEPA Vision Transformers on SLURM or locally."""
 
 app.command("pretrain")(pretrain.pretrain)

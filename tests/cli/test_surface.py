@@ -79,3 +79,16 @@ def test_values_with_line_breaks_never_reach_the_sbatch_script():
 
     with pytest.raises(ConfigError, match="cluster.partition: must be one printable line"):
         render(size="tiny", cluster="slurm", sets=('cluster.partition="gpu\\nrm -rf ~"',))
+
+
+def test_version_and_shell_completion():
+    from typer.testing import CliRunner
+
+    from nepa import __version__
+    from nepactl.app import app
+
+    runner = CliRunner()
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip().endswith(__version__)
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="nepactl")
+    assert script.exit_code == 0 and "complete" in script.output and "nepactl" in script.output
