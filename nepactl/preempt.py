@@ -149,7 +149,8 @@ class PreemptibleJob(submitit.helpers.Checkpointable):
         if env.global_rank == 0:
             self.finished(directory, env, ending)
             runs.append_ledger(directory, "end", job_id=str(env.job_id), status=ending.status,
-                               step=ending.step, exit_code=ending.exit_code)
+                               step=ending.step, exit_code=ending.exit_code,
+                               **({"reason": ending.reason} if ending.reason else {}))
         if ending.exit_code:
             log.error("ended %s at step %d", ending.status, ending.step)
             sys.exit(ending.exit_code)
