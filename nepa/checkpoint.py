@@ -49,7 +49,8 @@ def save(path: str | Path, payload: dict[str, Any], *, checksum: bool = True) ->
     `checksum=False` writes version 1, unverifiable: only to measure what checksums cost.
     torch.save is given the path, not a Python file object: its own writer is faster.
     """
-    payload = _to_cpu(payload)
+    # A payload read from an older checkpoint is written in this format, with fresh checksums.
+    payload = _to_cpu({k: v for k, v in payload.items() if k not in ("format", "format_version", "checksums")})
     if checksum:
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
         payload["checksums"] = checksums(payload)
@@ -67,18 +68,29 @@ def payload_bytes(payload: Any) -> int:
 
 
 def write_error(path: Path, exc: BaseException, need: int) -> CheckpointError:
-    """One line for a failed checkpoint write: the path, the cause, the space needed and free."""
+    """One line for a failed checkpoint write: the path, the cause, the space needed and free.
+
+    torch's writer reports a full disk as an opaque RuntimeError ("iostream error", "unexpected
+    pos"): with less free space than the checkpoint needs, the cause is named as what it is.
+    """
+    import errno
     import shutil
 
     try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**30:.2f} GiB free"
+        free = shutil.disk_usage(path.parent).free
     except OSError:
-        free = "free space unknown"
-    cause = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
-             if str(exc).strip() else type(exc).__name__)
+        free = None
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (free is not None and free < need):
+        cause = "disk full"
+    elif isinstance(exc, OSError) and exc.strerror:
+        cause = exc.strerror
+    else:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    shown = "free space unknown" if free is None else f"{free / 2**30:.2f} GiB free"
     return CheckpointError(
         f"could not write checkpoint {path} ({cause}): it needs about {need / 2**30:.2f} GiB, "
-        f"{free} there; free disk space or lower checkpoint.keep_last (the previous checkpoint is intact)")
+        f"{shown} there; free disk space or lower checkpoint.keep_last (the previous checkpoint "
+        "is intact)")
 
 
 def _to_cpu(value: Any) -> Any:
