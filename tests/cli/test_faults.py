@@ -250,3 +250,27 @@ def test_resume_starts_fresh_requeue_budgets_and_can_raise_them(root):
     cluster = yaml.safe_load((run_dir / "cluster.yaml").read_text())
     assert (cluster["max_timeouts"], cluster["max_preemptions"]) == (10, 50)
     assert any(e["event"] == "budget" and e["max_timeouts"] == 10 for e in rundir.read_jsonl(run_dir / rundir.LEDGER))
+
+
+def test_a_diverged_run_records_its_end_with_a_reason(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from nepa.train import RunResult, RunStatus
+    from nepactl import preempt
+    from nepactl.trainjob import TrainJob
+
+    job = TrainJob(tmp_path)
+    job._trainer = SimpleNamespace(fit=lambda: RunResult(RunStatus.DIVERGED, 5, 10),
+                                   request_stop=lambda reason: None)
+    job._rank = 0
+    env = SimpleNamespace(job_id="7", global_rank=0, num_tasks=1)
+    monkeypatch.setattr(preempt, "_start_attempt", lambda directory: env)
+    monkeypatch.setattr(preempt, "_install_stop_handlers", lambda request_stop: [])  # pytest's own stay
+    monkeypatch.setattr(preempt, "_ignore_stop_signals", lambda: None)
+    monkeypatch.setattr(TrainJob, "start", lambda self, directory, env: job._trainer.request_stop)
+    monkeypatch.setattr(TrainJob, "finished", lambda self, directory, env, ending: None)
+    with pytest.raises(SystemExit) as exited:
+        job()
+    assert exited.value.code == 3
+    end = rundir.read_jsonl(tmp_path / rundir.LEDGER)[-1]
+    assert end["event"] == "end" and end["status"] == "DIVERGED" and "non-finite loss" in end["reason"]
