@@ -1,10 +1,16 @@
-"""Checkpoint save speed vs the disk's sequential write speed (dd with fsync), same size.
+"""Checkpoint save speed vs the disk's sequential write speed (dd with fsync), same size; and
+what the per-tensor checksums cost.
 
 Builds the full training state of a NEPA size (model + float32 EMA + AdamW moments), saves it
 through nepa's atomic checkpoint writer, and alternates with `dd conv=fsync` of the same number
 of bytes in the same directory. Prints medians, spreads and the ratio (target >= 0.5).
 
+`--checksums` instead times save and load with checksums on and off in paired, interleaved
+runs (the order flips every pair, so drift and caches hit both alike) and prints the median of
+the per-pair ratios (target: at most 1.10 for each).
+
     .venv/bin/python benchmarks/bench_checkpoint.py --size B --repeats 5
+    .venv/bin/python benchmarks/bench_checkpoint.py --size B --repeats 7 --checksums
 """
 
 from __future__ import annotations
@@ -47,13 +53,52 @@ def time_dd(directory: Path, nbytes: int) -> float:
     return elapsed
 
 
+def time_checksums(directory: Path, state: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per save and load, checksums on and off, in pairs whose order alternates."""
+    from nepa import checkpoint
+
+    times: dict[str, list[float]] = {k: [] for k in ("save_on", "save_off", "load_on", "load_off")}
+    checkpoint.load(checkpoint.save(directory / "warm.pt", state))  # warm-up: allocator, threads
+    for i in range(repeats):
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            tag = "on" if on else "off"
+            path = directory / f"{tag}.pt"
+            start = time.perf_counter()
+            checkpoint.save(path, state, checksum=on)
+            times[f"save_{tag}"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            checkpoint.load(path, verify=on)
+            times[f"load_{tag}"].append(time.perf_counter() - start)
+    return times
+
+
+def report_checksums(size: str, times: dict[str, list[float]], nbytes: int) -> None:
+    print(f"size {size}: checkpoint {nbytes / 2**30:.2f} GiB, {len(times['save_on'])} pairs, "
+          f"cores {os.cpu_count()}")
+    print("| step | checksums off, median s | on, median s | median of paired ratios | max ratio |")
+    print("|---|---|---|---|---|")
+    for step in ("save", "load"):
+        on, off = times[f"{step}_on"], times[f"{step}_off"]
+        ratios = [a / b for a, b in zip(on, off, strict=True)]
+        print(f"| {step} | {statistics.median(off):.3f} | {statistics.median(on):.3f} | "
+              f"{statistics.median(ratios):.3f} | {max(ratios):.3f} |")
+    print("target: median paired ratio <= 1.10 for save and load")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="B")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", default=None, help="directory on the disk to measure (default: a temp dir under ./)")
+    parser.add_argument("--checksums", action="store_true", help="time checksums on vs off instead of dd")
     args = parser.parse_args()
     state = training_state(args.size)
+    if args.checksums:
+        with tempfile.TemporaryDirectory(dir=args.dir or ".") as tmp:
+            times = time_checksums(Path(tmp), state, args.repeats)
+            nbytes = (Path(tmp) / "on.pt").stat().st_size
+        report_checksums(args.size, times, nbytes)
+        return
     with tempfile.TemporaryDirectory(dir=args.dir or ".") as tmp:
         directory = Path(tmp)
         manager = CheckpointManager(directory, CheckpointConfig(keep_last=1))

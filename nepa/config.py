@@ -23,6 +23,50 @@ class ConfigError(NepaError, ValueError):
     """A config value or key is wrong; the message names the dotted path and the fix."""
 
 
+MAX_YAML_BYTES = 1 << 20  # a config, spec or profile is a few KiB
+MAX_YAML_VALUES = 100_000  # scalars and collections after expanding aliases
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load with bounds: the text's size and the document's size once its aliases are
+    expanded (an "alias bomb" of nested aliases is tiny on disk and exponential in memory for
+    whoever walks it). yaml.YAMLError for bad syntax, ConfigError over a bound."""
+    import yaml
+
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {len(text) / 2**20:.1f} MiB of YAML, over the {MAX_YAML_BYTES >> 20} MiB "
+                          "a config may hold; check that this is the file you meant")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise ConfigError(f"{source}: its YAML aliases (*name) expand to over {MAX_YAML_VALUES} values; "
+                              "write the values out instead of nesting aliases")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply; flatten it") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, seen: dict[int, int]) -> int:
+    """Values in the document under `node` with every alias expanded (memoised per node)."""
+    if id(node) in seen:
+        return seen[id(node)]
+    seen[id(node)] = 1  # a node reached again while being counted: counted once
+    if isinstance(node.value, list):
+        items = [part for pair in node.value for part in pair] if node.id == "mapping" else node.value
+        size = 1
+        for item in items:
+            size += _expanded_size(item, seen)
+            if size > MAX_YAML_VALUES:
+                break
+        seen[id(node)] = size
+    return seen[id(node)]
+
+
 def _where(path: str, source: str | None) -> str:
     return f"{path} (in {source})" if source else path
 

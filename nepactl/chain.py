@@ -19,9 +19,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from nepa.config import ConfigError, from_dict, to_dict
+from nepa.config import ConfigError, from_dict, load_yaml, to_dict
 from nepactl import runs
 from nepactl.render import Rendered
 from nepactl.specs import EvalChainConfig
@@ -46,8 +44,8 @@ def _plan(run_dir: Path, chain: EvalChainConfig, step: int | None) -> Any:
     from nepactl.cluster import ClusterConfig
     from nepactl.evaluate import plan_evals
 
-    cluster = from_dict(ClusterConfig, yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {},
-                        path="cluster")
+    profile = run_dir / "cluster.yaml"
+    cluster = from_dict(ClusterConfig, load_yaml(profile.read_text(), str(profile)) or {}, path="cluster")
     return plan_evals(run=run_dir.name, weights=None, root=run_dir.parent, tasks=chain.tasks,
                       step=step, seeds=chain.seeds, random_init=chain.random_init, cluster=cluster,
                       sets=chain.sets)

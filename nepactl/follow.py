@@ -15,7 +15,9 @@ def follow_run(run_dir: Path, total: int, label: str = "pretraining") -> dict | 
     """Progress over metrics.jsonl until the run's outcome is written; None if the job died."""
     from nepactl.status import _local_alive
 
-    job_id = runs.own_job_id(runs.read_ledger(run_dir))
+    ledger = runs.read_ledger(run_dir)
+    job_id = runs.own_job_id(ledger)
+    submit = runs.submit_record(ledger, job_id)
     columns = (TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console.err) as progress:
@@ -27,7 +29,7 @@ def follow_run(run_dir: Path, total: int, label: str = "pretraining") -> dict | 
             outcome = runs.read_json(run_dir / "outcome.json")
             if outcome and outcome["status"] != "STOPPED" and outcome["step"] >= last.get("step", 0):
                 return outcome
-            if not _local_alive(job_id):
+            if not _local_alive(job_id, submit):
                 time.sleep(1.0)  # the outcome file may land just after the process ends
                 outcome = runs.read_json(run_dir / "outcome.json")
                 return outcome if outcome and outcome["status"] != "STOPPED" else None

@@ -51,9 +51,11 @@ def launch_run(rendered: Rendered, root: Path, *, task: str, size: str) -> Submi
         raise
 
 
-def resume_run(run_dir: Path, *, cause: str = "resume") -> tuple[Submission, list[str]]:
+def resume_run(run_dir: Path, *, cause: str = "resume", budgets: dict[str, int] | None = None
+               ) -> tuple[Submission, list[str]]:
     """Resubmit a run that is not active; final chained evaluations wait for the new job (their
-    new job ids are returned)."""
+    new job ids are returned). The requeue budgets start afresh; `budgets` ({"max_timeouts": N,
+    "max_preemptions": N}) also changes the run's limits."""
     from nepactl.chain import rechain
     from nepactl.specs import read_chain
     from nepactl.status import collect
@@ -65,11 +67,30 @@ def resume_run(run_dir: Path, *, cause: str = "resume") -> tuple[Submission, lis
         raise CliError(f"'{run_dir.name}' is COMPLETED; raise train.max_steps in a new run instead")
     _check_resumable(run_dir)
     upgrade_run(run_dir)
+    if budgets:
+        set_requeue_budgets(run_dir, budgets)
     submission = submit_job(run_dir, job_for(run_dir), attempt_cause=cause)
     chained = read_chain(run_dir)
     moved = rechain(run_dir, submission.job_id) if chained and chained.on_complete and \
         submission.executor == "slurm" else []
     return submission, moved
+
+
+def set_requeue_budgets(run_dir: Path, budgets: dict[str, int]) -> None:
+    """Write new requeue limits into the run's stored cluster profile (and the ledger)."""
+    import dataclasses
+
+    import yaml
+
+    from nepa.config import from_dict, load_yaml, to_dict
+    from nepactl.cluster import ClusterConfig
+
+    path = run_dir / "cluster.yaml"
+    current = load_yaml(path.read_text(), str(path)) if path.is_file() else {}
+    cluster = from_dict(ClusterConfig, current or {}, path="cluster", source=str(path))
+    cluster = dataclasses.replace(cluster, **budgets)
+    path.write_text(yaml.safe_dump(to_dict(cluster), sort_keys=False))
+    runs.append_ledger(run_dir, "budget", **budgets)
 
 
 def _check_resumable(directory: Path) -> None:

@@ -149,7 +149,8 @@ class PreemptibleJob(submitit.helpers.Checkpointable):
         if env.global_rank == 0:
             self.finished(directory, env, ending)
             runs.append_ledger(directory, "end", job_id=str(env.job_id), status=ending.status,
-                               step=ending.step, exit_code=ending.exit_code)
+                               step=ending.step, exit_code=ending.exit_code,
+                               **({"reason": ending.reason} if ending.reason else {}))
         if ending.exit_code:
             log.error("ended %s at step %d", ending.status, ending.step)
             sys.exit(ending.exit_code)
@@ -188,18 +189,24 @@ def was_cancelled(run_dir: Path) -> bool:
 
 
 def requeue_limit_reached(run_dir: Path, cause: str) -> str | None:
-    """A reason when this run was requeued for `cause` more often than its profile allows."""
-    import yaml
+    """A reason when this run was requeued for `cause` more often than its profile allows.
 
+    The budget counts the requeues since the job was last submitted: `nepactl resume` (which
+    may also raise the limits) starts a fresh one.
+    """
+    from nepa.config import load_yaml
     from nepactl.cluster import ClusterConfig
 
     path = run_dir / "cluster.yaml"  # absent for run directories made without nepactl
-    cluster = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    cluster = (load_yaml(path.read_text(), str(path)) or {}) if path.is_file() else {}
     field = "max_preemptions" if cause == "preemption" else "max_timeouts"
     limit = cluster.get(field, getattr(ClusterConfig(), field))
-    count = sum(1 for e in runs.read_ledger(run_dir) if e["event"] == "requeue" and e.get("cause") == cause)
+    ledger = runs.read_ledger(run_dir)
+    last_submit = max((i for i, e in enumerate(ledger) if e["event"] == "submit"), default=-1)
+    count = sum(1 for e in ledger[last_submit + 1:] if e["event"] == "requeue" and e.get("cause") == cause)
     if count > limit:
-        return f"{count} {cause}s exceed cluster.max_{cause}s={limit}"
+        return (f"{count} {cause}s since the last submission exceed cluster.max_{cause}s={limit}; "
+                f"nepactl resume --max-{cause}s N continues with a new budget")
     return None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from nepa.config import ConfigError, check_keys, deep_merge, from_dict, suggest, to_dict, unknown_key
+from nepa.config import ConfigError, check_keys, deep_merge, from_dict, load_yaml, suggest, to_dict, unknown_key
 from nepa.train.runconfig import RunConfig
 from nepactl.cluster import ClusterConfig
 from nepactl.specs import EvalChainConfig
@@ -37,7 +37,7 @@ class Rendered:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), str(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; check the path") from None
     except yaml.YAMLError as exc:
@@ -83,7 +83,7 @@ def parse_set(assignment: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.max_steps=100")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     nested: dict[str, Any] = {}

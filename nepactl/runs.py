@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -77,12 +78,36 @@ def find_run(root: Path, name: str) -> Path:
 
 
 def list_runs(root: Path) -> list[Path]:
-    """Run directories (those holding run.json), by name."""
+    """Run directories (those holding run.json), by name; one that cannot be looked into
+    (permissions, I/O errors) is listed too, for its reader to report."""
     try:
         entries = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
     except OSError:
         return []
-    return [root / name for name in sorted(entries) if os.path.isfile(os.path.join(root, name, RUN_INFO))]
+    return [root / name for name in sorted(entries) if _maybe_run(root / name)]
+
+
+def _maybe_run(directory: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(directory / RUN_INFO).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # EACCES, EIO: maybe a run, unreadable
+        return True
+
+
+def unreadable(run_dir: Path) -> str | None:
+    """Why a run directory cannot be read (its listing, run.json or ledger), or None."""
+    try:
+        os.listdir(run_dir)
+        for name in (RUN_INFO, LEDGER):
+            path = run_dir / name
+            if name == RUN_INFO or path.exists():
+                with open(path, "rb") as f:
+                    f.read(1)
+    except OSError as exc:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename or run_dir}"
+    return None
 
 
 def append_ledger(run_dir: Path, event: str, **fields: Any) -> None:
@@ -103,6 +128,11 @@ def submitted_jobs(run_dir: Path) -> list[tuple[str, str]]:
             seen.add(job)
             ids.append((job, event.get("executor", "local")))
     return ids
+
+
+def submit_record(ledger: list[dict[str, Any]], job_id: str) -> dict[str, Any] | None:
+    """The `submit` event of a job (a local one carries its controller's identity, `process`)."""
+    return next((e for e in reversed(ledger) if e["event"] == "submit" and e.get("job_id") == job_id), None)
 
 
 def own_job_id(ledger: list[dict[str, Any]]) -> str:
@@ -146,8 +176,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """A YAML file's top-level mapping ({} when missing or not a mapping)."""
     import yaml
 
+    from nepa.config import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except (OSError, ValueError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}

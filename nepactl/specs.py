@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from nepa.config import check, from_dict, to_dict
+from nepa.config import check, from_dict, load_yaml, to_dict
 
 CHAIN_FILE = "chain.yaml"
 
@@ -53,6 +53,6 @@ def read_chain(run_dir: Path) -> EvalChainConfig | None:
     path = run_dir / CHAIN_FILE
     if not path.is_file():
         return None
-    chain = from_dict(EvalChainConfig, yaml.safe_load(path.read_text()) or {}, path="evals",
+    chain = from_dict(EvalChainConfig, load_yaml(path.read_text(), str(path)) or {}, path="evals",
                       source=str(path))
     return chain if chain.active else None

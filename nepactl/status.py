@@ -8,12 +8,12 @@ but for one hint). Local jobs are checked through their controller process.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from nepa import rundir
 from nepactl import runs
@@ -41,6 +41,7 @@ class RunRow:
     timeouts: int
     job_id: str
     evals: str
+    problem: str = ""  # why the run could not be read (its state is then UNREADABLE)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,19 +104,47 @@ def array_tasks(job: str) -> list[str]:
     return tasks
 
 
-def _local_alive(job_id: str) -> bool:
-    """Local executor job ids are the controller's pid."""
+def process_identity(pid: int) -> dict[str, Any] | None:
+    """What tells a local job's controller from a later process given the same (reused) pid:
+    its start time and command line, recorded with the submission. None when it is gone."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return {"started": proc.create_time(), "cmdline": proc.cmdline()}
+    except (psutil.Error, OSError):
+        return None
+
+
+def local_process(job_id: str, submit: dict[str, Any] | None = None) -> Any:
+    """The live controller of a local job (a psutil.Process), or None when it is gone or its pid
+    now belongs to another process. Local executor job ids are the controller's pid.
+
+    `submit` is the job's ledger record: its `process` identity must match. Records written
+    before identities were kept fall back to a weaker check: a submitit command line.
+    """
+    import psutil
+
     if not job_id.isdigit():
-        return False
+        return None
+    now = process_identity(int(job_id))
+    if now is None:
+        return None
+    recorded = (submit or {}).get("process")
+    if isinstance(recorded, dict):
+        same = (abs(now["started"] - float(recorded.get("started", -1))) < 0.01
+                and now["cmdline"] == recorded.get("cmdline"))
+    else:
+        same = any("submitit" in part for part in now["cmdline"])
     try:
-        os.kill(int(job_id), 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        with open(f"/proc/{job_id}/cmdline", "rb") as f:
-            return b"submitit" in f.read()
-    except OSError:
-        return True
+        return psutil.Process(int(job_id)) if same else None
+    except psutil.Error:
+        return None
+
+
+def _local_alive(job_id: str, submit: dict[str, Any] | None = None) -> bool:
+    return local_process(job_id, submit) is not None
 
 
 def _eta(run_dir: Path, step: int, total: int | None) -> float | None:
@@ -199,7 +228,9 @@ def run_state(ledger: list[dict], outcome: dict | None, scheduler_state: str | N
 
 def collect(root: Path, only: list[str] | None = None) -> tuple[list[RunRow], list[str]]:
     """Status rows of every run (or the named ones), with notes for the user."""
-    dirs = [runs.find_run(root, n) for n in only] if only else runs.list_runs(root)
+    listed = [runs.find_run(root, n) for n in only] if only else runs.list_runs(root)
+    problems = {d: reason for d in listed if (reason := runs.unreadable(d))}
+    dirs = [d for d in listed if d not in problems]
     infos = {d: runs.read_json(d / runs.RUN_INFO) or {} for d in dirs}
     ledgers = {d: runs.read_ledger(d) for d in dirs}
     job_ids = {d: runs.own_job_id(ledgers[d]) for d in dirs}
@@ -208,31 +239,46 @@ def collect(root: Path, only: list[str] | None = None) -> tuple[list[RunRow], li
     states = scheduler.squeue(slurm_ids)
     missing = [j for j in slurm_ids if j not in states]
     states.update(scheduler.sacct(missing))
-    rows = []
+    rows = {}
     now = time.time()
     for d in dirs:
-        info, ledger, job_id = infos[d], ledgers[d], job_ids[d]
-        outcome = runs.read_json(d / "outcome.json")
-        last = rundir.last_jsonl(d / rundir.METRICS) or {}
-        finished = (outcome or {}).get("status") in ("COMPLETED", "DIVERGED")
-        beats = [] if finished else [b.get("time", 0) for b in runs.iter_heartbeats(d)]
-        heartbeat_age = now - min(beats) if beats else None
-        executor = info.get("executor", "local")
-        alive = executor == "local" and not finished and _local_alive(job_id)
-        state = run_state(ledger, outcome, states.get(job_id), executor, alive, heartbeat_age)
-        step = int(last.get("step", 0))
-        total = info.get("max_steps") or (outcome or {}).get("total_steps")
-        rows.append(RunRow(
-            run=d.name, task=info.get("task", "?"), size=info.get("size", "?"),
-            geometry=f"{info.get('nodes', 1)}x{info.get('gpus_per_node') or info.get('procs_per_node', 1)}",
-            state=state, step=step, total=total,
-            percent=100.0 * step / total if total else None,
-            eta_s=_eta(d, step, total) if state == "RUNNING" else None,
-            loss=last.get("loss"), checkpoint_age_s=_checkpoint_age(d),
-            preemptions=sum(e.get("cause") == "preemption" for e in ledger if e["event"] == "requeue"),
-            timeouts=sum(e.get("cause") == "timeout" for e in ledger if e["event"] == "requeue"),
-            job_id=job_id, evals=_eval_cells(d)))
-    return rows, scheduler.notes
+        try:
+            rows[d] = _row(d, infos[d], ledgers[d], job_ids[d], states, now)
+        except OSError as exc:  # lost between the check and the read
+            problems[d] = f"{exc.strerror or type(exc).__name__}: {exc.filename or d}"
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # edited by hand, say
+            problems[d] = f"malformed content ({type(exc).__name__}: {exc})"
+    notes = list(scheduler.notes)
+    for d, reason in problems.items():  # listed, never dropped: one bad run hides no other
+        rows[d] = RunRow(run=d.name, task="?", size="?", geometry="?", state="UNREADABLE", step=0,
+                         total=None, percent=None, eta_s=None, loss=None, checkpoint_age_s=None,
+                         preemptions=0, timeouts=0, job_id="", evals="", problem=reason)
+        notes.append(f"{d.name} is unreadable ({reason}); check its owner and mode, or the disk")
+    return [rows[d] for d in listed], notes
+
+
+def _row(d: Path, info: dict, ledger: list[dict], job_id: str, states: dict[str, str], now: float) -> RunRow:
+    """The status row of one readable run."""
+    outcome = runs.read_json(d / "outcome.json")
+    last = rundir.last_jsonl(d / rundir.METRICS) or {}
+    finished = (outcome or {}).get("status") in ("COMPLETED", "DIVERGED")
+    beats = [] if finished else [b.get("time", 0) for b in runs.iter_heartbeats(d)]
+    heartbeat_age = now - min(beats) if beats else None
+    executor = info.get("executor", "local")
+    alive = executor == "local" and not finished and _local_alive(job_id, runs.submit_record(ledger, job_id))
+    state = run_state(ledger, outcome, states.get(job_id), executor, alive, heartbeat_age)
+    step = int(last.get("step", 0))
+    total = info.get("max_steps") or (outcome or {}).get("total_steps")
+    return RunRow(
+        run=d.name, task=info.get("task", "?"), size=info.get("size", "?"),
+        geometry=f"{info.get('nodes', 1)}x{info.get('gpus_per_node') or info.get('procs_per_node', 1)}",
+        state=state, step=step, total=total,
+        percent=100.0 * step / total if total else None,
+        eta_s=_eta(d, step, total) if state == "RUNNING" else None,
+        loss=last.get("loss"), checkpoint_age_s=_checkpoint_age(d),
+        preemptions=sum(e.get("cause") == "preemption" for e in ledger if e["event"] == "requeue"),
+        timeouts=sum(e.get("cause") == "timeout" for e in ledger if e["event"] == "requeue"),
+        job_id=job_id, evals=_eval_cells(d))
 
 
 def active_jobs(run_dir: Path) -> list[tuple[Path, str, str]]:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from nepa import rundir
-from nepa.config import to_dict
+from nepa.config import load_yaml, to_dict
 from nepactl import runs
 from nepactl.cluster import make_executor, sbatch_script
 from nepactl.errors import CliError
@@ -93,8 +93,9 @@ def submit_job(run_dir: Path, job: Callable[[], Any], *, attempt_cause: str,
     from nepa.config import from_dict
     from nepactl.cluster import ClusterConfig
 
-    cluster = from_dict(ClusterConfig, yaml.safe_load((run_dir / "cluster.yaml").read_text()) or {},
-                        path="cluster", source=str(run_dir / "cluster.yaml"))
+    profile = run_dir / "cluster.yaml"
+    cluster = from_dict(ClusterConfig, load_yaml(profile.read_text(), str(profile)) or {},
+                        path="cluster", source=str(profile))
     if dependency and cluster.resolved_executor() == "slurm":
         cluster = replace(cluster, sbatch_extra={**cluster.sbatch_extra, "dependency": f"afterok:{dependency}"})
     info = runs.read_json(run_dir / runs.RUN_INFO) or {}
@@ -123,14 +124,27 @@ def submit_job(run_dir: Path, job: Callable[[], Any], *, attempt_cause: str,
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = previous
-    runs.append_ledger(run_dir, "submit", job_id=str(submitted.job_id), executor=kind, cause=attempt_cause)
+    runs.append_ledger(run_dir, "submit", job_id=str(submitted.job_id), executor=kind, cause=attempt_cause,
+                       **_identity(kind, str(submitted.job_id)))
     if kind == "debug":  # submitit's debug executor runs the job in this process, on demand
         submitted.result()
     return Submission(run_dir, str(submitted.job_id), kind)
 
 
+def _identity(kind: str, job_id: str) -> dict[str, Any]:
+    """A local job's controller identity for its `submit` record: cancel and status check it
+    before trusting the pid, which the system reuses once the controller is gone."""
+    from nepactl.status import process_identity
+
+    identity = process_identity(int(job_id)) if kind == "local" and job_id.isdigit() else None
+    return {"process": identity} if identity else {}
+
+
 def cancel_jobs(run_dir: Path, jobs: list[tuple[str, str]] | None = None) -> list[str]:
-    """scancel / stop `jobs` ((job id, executor)); by default every job the run submitted."""
+    """scancel / stop `jobs` ((job id, executor)); by default every job the run submitted.
+
+    A local job is stopped only if its pid still belongs to the controller that was submitted.
+    """
     import subprocess
 
     jobs = runs.submitted_jobs(run_dir) if jobs is None else jobs
@@ -139,23 +153,40 @@ def cancel_jobs(run_dir: Path, jobs: list[tuple[str, str]] | None = None) -> lis
         done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=30)
         if done.returncode != 0:
             raise CliError(f"scancel failed: {done.stderr.strip()}; try scancel {' '.join(slurm)}")
-    for job, kind in jobs:
-        if kind == "local":
-            _stop_local(job)
+    local = [job for job, kind in jobs if kind == "local"]
+    if local:
+        records = _submit_records(run_dir)
+        for job in local:
+            _stop_local(job, records.get(job))
     return [job for job, _ in jobs]
 
 
-def _stop_local(job_id: str) -> bool:
+def _submit_records(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Job id -> `submit` record, over the run's ledger and its evaluations'."""
+    records = {}
+    for directory in [run_dir, *runs.list_runs(run_dir / "evals")]:
+        for event in runs.read_ledger(directory):
+            if event["event"] == "submit" and event.get("job_id"):
+                records[event["job_id"]] = event
+    return records
+
+
+def _stop_local(job_id: str, submit: dict[str, Any] | None) -> bool:
+    """SIGINT the job's controller (then kill what remains); False when its pid is not it."""
     import signal
 
     import psutil
 
-    try:
-        controller = psutil.Process(int(job_id))
-    except (psutil.NoSuchProcess, ValueError):
+    from nepactl.status import local_process
+
+    controller = local_process(job_id, submit)
+    if controller is None:
         return False
-    family = [controller, *controller.children(recursive=True)]
-    controller.send_signal(signal.SIGINT)
+    try:
+        family = [controller, *controller.children(recursive=True)]
+        controller.send_signal(signal.SIGINT)
+    except psutil.NoSuchProcess:
+        return False
     _, alive = psutil.wait_procs(family, timeout=5)
     for proc in alive:
         proc.kill()
@@ -218,7 +249,7 @@ def submit_array(run_dirs: list[Path], jobs: list[Any], *, causes: list[str], pa
     if len(profiles) != 1:
         raise CliError(f"one job array needs one cluster profile; {len(profiles)} differ among "
                        f"{', '.join(d.name for d in dirs)}: submit them separately")
-    cluster = from_dict(ClusterConfig, yaml.safe_load(profiles.pop()) or {}, path="cluster",
+    cluster = from_dict(ClusterConfig, load_yaml(profiles.pop(), str(dirs[0] / "cluster.yaml")) or {}, path="cluster",
                         source=str(dirs[0] / "cluster.yaml"))
     kind = cluster.resolved_executor()
     array_dir = fresh_array_dir(parent).resolve()
@@ -234,7 +265,8 @@ def submit_array(run_dirs: list[Path], jobs: list[Any], *, causes: list[str], pa
         raise CliError(f"{kind} refused the job array: {message[-1] if message else exc}; check the "
                        "cluster profile (partition, account, limits) with nepactl doctor") from None
     for run_dir, job, cause in zip(dirs, submitted, causes, strict=True):
-        runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=kind, cause=cause)
+        runs.append_ledger(run_dir, "submit", job_id=str(job.job_id), executor=kind, cause=cause,
+                           **_identity(kind, str(job.job_id)))
     if kind == "debug":  # submitit's debug executor runs the jobs in this process, on demand
         for job in submitted:
             job.result()

@@ -36,8 +36,12 @@ class TrainJob(PreemptibleJob):
         result = self._trainer.fit()
         record = {"status": result.status.value, "step": result.step, "rank": self._rank,
                   "reason": result.stop_reason, "save_seconds": result.save_seconds}
+        reason = result.stop_reason
+        if result.status.value == "DIVERGED":
+            reason = (f"non-finite loss persisted through train.max_rollbacks rollbacks at step "
+                      f"{result.step}; lower the learning rate (optim.blr) or raise train.max_bad_steps")
         return Ending(result.status.value, result.step, exit_code=EXIT_CODES[result.status],
-                      reason=result.stop_reason, record=record, save_seconds=result.save_seconds)
+                      reason=reason, record=record, save_seconds=result.save_seconds)
 
     def finished(self, directory: Path, env: Any, ending: Ending) -> None:
         from nepactl.chain import submit_from_job

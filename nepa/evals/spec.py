@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from nepa.config import ConfigError, check, from_dict, to_dict
+from nepa.config import ConfigError, check, from_dict, load_yaml, to_dict
 from nepa.data.config import DataConfig
 from nepa.evals.config import ClassifyConfig, FinetuneConfig, LinProbeConfig
 from nepa.evals.segmentation.config import SegmentationConfig
@@ -59,7 +59,7 @@ def load_spec(eval_dir: str | Path) -> EvalSpec:
     path = Path(eval_dir) / SPEC_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: no evaluation spec; create evaluations with nepactl eval")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text(), str(path)) or {}
     if isinstance(data, dict):
         data = resolve_fields(data, PATH_FIELDS, path.parent)
     return from_dict(EvalSpec, data, source=str(path))

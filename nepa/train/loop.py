@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 import nepa
 from nepa import data as nepa_data
+from nepa.checkpoint import NonFiniteError
 from nepa.config import to_dict
 from nepa.model import NepaViT
 from nepa.objective import embedding_spread, nepa_loss
@@ -193,8 +194,11 @@ class Trainer:
         rng_states = distributed.gather_objects(self._rng_state(), self.env)
         path = None
         if self.env.is_main:
-            path = self.ckpt.save(self.step, self._payload(rng_states))
-            for cb in self.callbacks:
+            try:
+                path = self.ckpt.save(self.step, self._payload(rng_states))
+            except NonFiniteError as exc:  # the last finite checkpoint stays the rollback target
+                log.warning("checkpoint skipped: %s", exc)
+            for cb in self.callbacks if path is not None else ():
                 cb.on_checkpoint(self, self.step, path)
         distributed.barrier(self.env)
         return path
@@ -293,7 +297,7 @@ class Trainer:
 
     def _run_until_done(self) -> str:
         """Steps until the end ('done'), a stop request ('stop') or too many bad steps."""
-        bad_streak = 0
+        bad_streak, save_due = 0, False
         while self.step < self.total_steps:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch, start_step=in_epoch)
@@ -310,8 +314,10 @@ class Trainer:
                     return "rollback"
                 if self.step >= self.total_steps:
                     return "done"
-                if self.ckpt.due(self.step):
+                save_due = save_due or self.ckpt.due(self.step)
+                if save_due and not bad_streak:  # never in the middle of a run of skipped steps
                     self.save()
+                    save_due = False
         return "done"
 
     def _forward(self, batch: dict, micro: int) -> tuple[torch.Tensor, torch.Tensor]:

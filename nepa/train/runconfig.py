@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from nepa.config import ConfigError, from_dict, to_dict
+from nepa.config import ConfigError, from_dict, load_yaml, to_dict
 from nepa.data.config import DataConfig
 from nepa.model_config import ModelConfig
 from nepa.objective_config import ObjectiveConfig
@@ -49,7 +49,7 @@ def dump_yaml(cfg: RunConfig) -> str:
 def load_yaml_text(text: str, source: str, holder: str | Path | None = None) -> RunConfig:
     """Parse a run config; with `holder` (the file's directory) relative paths resolve there."""
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text, source) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

@@ -97,16 +97,24 @@ def cancel(run: RunName, runs_root: RunsRoot = None) -> None:
 
 
 @handled
-def resume(run: RunName, runs_root: RunsRoot = None) -> None:
+def resume(run: RunName,
+           max_preemptions: Annotated[int | None, typer.Option(
+               "--max-preemptions", min=0, help="New cluster.max_preemptions for this run.")] = None,
+           max_timeouts: Annotated[int | None, typer.Option(
+               "--max-timeouts", min=0, help="New cluster.max_timeouts for this run.")] = None,
+           runs_root: RunsRoot = None) -> None:
     """Resubmit a stopped, failed or cancelled run; it continues from its newest valid checkpoint.
 
-    Example: nepactl resume my-run
+    Its requeue budgets (preemptions, time limits) start afresh; the options also raise them.
+    Example: nepactl resume my-run --max-preemptions 50
     """
     from nepactl.launch import resume_run
     from nepactl.runs import find_run
     from nepactl.runs import runs_root as resolve_root
 
-    submission, moved = resume_run(find_run(resolve_root(runs_root), run))
+    budgets = {k: v for k, v in (("max_preemptions", max_preemptions), ("max_timeouts", max_timeouts))
+               if v is not None}
+    submission, moved = resume_run(find_run(resolve_root(runs_root), run), budgets=budgets)
     console.out.print(f"{run}\t{submission.executor} job {submission.job_id}")
     if moved:
         console.hint(f"final evaluations now wait for job {submission.job_id}: jobs {', '.join(moved)}")

@@ -14,7 +14,8 @@ from nepactl.errors import handled
 from nepactl.output import Format
 
 _COLORS = {"RUNNING": "green", "COMPLETED": "bold green", "PENDING": "yellow", "REQUEUED": "yellow",
-           "STALLED": "bold red", "FAILED": "red", "DIVERGED": "bold magenta", "CANCELLED": "dim"}
+           "STALLED": "bold red", "FAILED": "red", "DIVERGED": "bold magenta", "CANCELLED": "dim",
+           "UNREADABLE": "bold red"}
 
 
 def _duration(seconds: float | None) -> str:

@@ -18,7 +18,7 @@ SURFACE = {
     "runs": ["--format", "--json", "--runs-root"],
     "logs": ["--attempt", "--follow", "--rank", "--runs-root", "RUN"],
     "cancel": ["--runs-root", "RUN"],
-    "resume": ["--runs-root", "RUN"],
+    "resume": ["--max-preemptions", "--max-timeouts", "--runs-root", "RUN"],
     "doctor": ["--cluster", "--probe", "--runs-root", "--size"],
     "convert": ["--ema", "--to-hf", "OUT", "SRC"],
     "demo": ["--fresh", "--precision", "--quick", "--runs-root", "--steps"],

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from nepa.checkpoint import CheckpointError
+from nepa import checkpoint
+from nepa.checkpoint import CheckpointError, NonFiniteError
 from nepa.config import ConfigError
 from nepa.model import build_model
 from nepa.train import distributed
@@ -152,3 +153,61 @@ def test_ema_shadows_follow_the_model_device_after_loading_a_cpu_checkpoint():
     cpu_ema.load_state_dict(saved)
     assert all(torch.equal(v, saved[k]) for k, v in cpu_ema.shadow.items())  # values, not references
     assert all(v.data_ptr() != saved[k].data_ptr() for k, v in cpu_ema.shadow.items())
+
+
+def test_non_finite_state_is_never_saved_and_retention_keeps_the_newest_finite(tmp_path):
+    manager = CheckpointManager(tmp_path, CheckpointConfig(every_steps=1, keep_last=1))
+    manager.save(1, {"model": {"w": torch.ones(4)}, "optimizer": {"state": {}}})
+    with pytest.raises(NonFiniteError, match=r"step 2: non-finite values in optimizer.state.0.exp_avg"):
+        manager.save(2, {"model": {"w": torch.ones(4)},
+                         "optimizer": {"state": {0: {"exp_avg": torch.tensor([math.nan])}}}})
+    assert manager.steps() == [1] and manager.finite_step == 1
+    # A file it did not write (an older nepa's, say) is not known finite: step 1 stays.
+    checkpoint.save(tmp_path / "checkpoints" / "step_00000003.pt", {"model": {"w": torch.full((4,), math.inf)}})
+    manager._apply_retention()
+    assert manager.steps() == [1, 3]
+
+
+def test_free_space_is_checked_against_the_live_state(tmp_path):
+    """Step 0 has no optimizer moments yet: the next checkpoint is sized from what it will hold."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        manager = CheckpointManager(disk, CheckpointConfig(every_steps=1))
+        manager.save(0, {"model": {"w": torch.ones(2**18)}, "optimizer": {"state": {}}})  # 1 MiB
+        full = {"model": {"w": torch.ones(2**18)},
+                "optimizer": {"state": {0: {"exp_avg": torch.ones(2**18), "exp_avg_sq": torch.ones(2**20)}}}}
+        with pytest.raises(CheckpointError, match=r"the next checkpoint needs about 0\.01 GiB .*free disk space"):
+            manager.save(1, full)
+        assert manager.steps() == [0] and not list((disk / "checkpoints").glob(".step_*"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_weights_that_turn_non_finite_roll_back_to_a_finite_checkpoint(tmp_path, caplog):
+    """The optimizer step itself yields inf weights (finite loss and gradients): the due save is
+    refused, the following NaN steps roll back, and every file on disk stays finite."""
+    from nepa.train import Callback, RunStatus, Trainer
+    from nepa.train.runconfig import load_run_config
+    from tests.train.runs import make_run
+
+    class PoisonOnce(Callback):
+        done = False
+
+        def on_step_end(self, trainer, record):
+            if record["step"] == 3 and not self.done:
+                self.done = True
+                with torch.no_grad():
+                    next(trainer.model.parameters()).fill_(math.inf)
+
+    run = make_run(tmp_path / "run", train={"max_steps": 6, "max_bad_steps": 1},
+                   checkpoint={"every_steps": 1, "keep_last": 2})
+    result = Trainer(load_run_config(run), run, callbacks=[PoisonOnce()]).fit()
+    assert result.status is RunStatus.COMPLETED and result.step == 6
+    assert "checkpoint skipped: step 3: non-finite values in model." in caplog.text
+    assert "rolling back" in caplog.text
+    for path in (run / "checkpoints").glob("step_*.pt"):
+        assert checkpoint.nonfinite(checkpoint.load(path)) == [], path.name
