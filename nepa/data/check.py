@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nepa.data.config import DataConfig, DataError
+from nepa.data.config import INDEX_FILE, DataConfig, DataError, Source
 
 Progress = Callable[[str, int, int], None]  # (split, images checked, images to check)
 
@@ -191,3 +191,22 @@ def check_dataset(cfg: DataConfig, *, decode: bool = False, sample: int = 16,
                             f"{report.unreadable[0]}); check the files or data.image_column")
         reports.append(report)
     return DataReport(cfg.source, cfg.path, classes, tuple(reports))
+
+
+def detect_source(path: str) -> Source:
+    """What `path` holds: 'digits', an HF dataset, wds shards (index.json) or an image folder."""
+    from nepa.data.hf import is_hf_layout
+
+    if path == "digits":
+        return "digits"
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root} does not exist; give a dataset directory or 'digits'")
+    if root.suffix == ".json" or (root / INDEX_FILE).is_file():
+        return "wds"
+    if is_hf_layout(root):
+        return "hf"
+    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+        return "imagefolder"
+    raise DataError(f"cannot tell what {root} holds (no train/ folder, HF dataset or index.json); "
+                    "give --source")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from nepa.config import ConfigError, check
@@ -86,22 +85,3 @@ def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
             f"global batch {global_batch} is not divisible by world size {world_size} x "
             f"micro batch {micro_batch}; change train.micro_batch or train.global_batch")
     return global_batch // (world_size * micro_batch)
-
-
-def detect_source(path: str) -> Source:
-    """What `path` holds: 'digits', an HF dataset, wds shards (index.json) or an image folder."""
-    from nepa.data.hf import is_hf_layout  # numpy and PIL, no torch
-
-    if path == "digits":
-        return "digits"
-    root = Path(path)
-    if not root.exists():
-        raise DataError(f"{root} does not exist; give a dataset directory or 'digits'")
-    if root.suffix == ".json" or (root / INDEX_FILE).is_file():
-        return "wds"
-    if is_hf_layout(root):
-        return "hf"
-    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
-        return "imagefolder"
-    raise DataError(f"cannot tell what {root} holds (no train/ folder, HF dataset or index.json); "
-                    "give --source")

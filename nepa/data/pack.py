@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from nepa.data.config import DataConfig, DataError, Source, SplitNotFound, detect_source
+from nepa.data.check import detect_source
+from nepa.data.config import DataConfig, DataError, Source, SplitNotFound
 from nepa.data.images import ImageDataset, decode_image
 from nepa.data.sampler import mix_seed
 from nepa.data.wds import INDEX_FILE, SOURCE_INDEX_KEYS, index_document, write_index_file

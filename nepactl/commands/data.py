@@ -106,8 +106,8 @@ def check(
 
     Exits 2 with one line when the data is unusable. Example: nepactl data check /data/imagenet
     """
-    from nepa.data.check import check_dataset
-    from nepa.data.config import DataConfig, detect_source
+    from nepa.data.check import check_dataset, detect_source
+    from nepa.data.config import DataConfig
 
     kind = detect_source(path) if source in (None, "auto") else source
     cfg = DataConfig(source=kind, path=None if kind == "digits" else path,

@@ -12,7 +12,7 @@ from nepactl.errors import handled
 
 
 @handled
-def doctor(cluster: Cluster = "auto", size: Size = "tiny", runs_root: RunsRoot = None,
+def doctor(cluster: Cluster = None, size: Size = "tiny", runs_root: RunsRoot = None,
            probe: Annotated[bool, typer.Option("--probe", help="Also run a probe job on a compute node.")]
            = False) -> None:
     """Check the scheduler, the runs root, the partition and the data path.

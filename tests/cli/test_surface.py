@@ -10,9 +10,9 @@ from nepactl.app import app
 from nepactl.commands.control import split_attempts
 
 SURFACE = {
-    "pretrain": ["--cluster", "--config", "--dry-run", "--evals", "--gpus-per-node", "--name",
+    "pretrain": ["--cluster", "--config", "--data", "--dry-run", "--evals", "--gpus-per-node", "--name",
                  "--nodes", "--runs-root", "--set", "--size"],
-    "render": ["--cluster", "--config", "--gpus-per-node", "--name", "--nodes", "--runs-root",
+    "render": ["--cluster", "--config", "--data", "--gpus-per-node", "--name", "--nodes", "--runs-root",
                "--set", "--size"],
     "status": ["--json", "--runs-root", "--watch", "RUN"],
     "runs": ["--json", "--runs-root"],

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from nepa.data import DataConfig, DataError, build_dataset
-from nepa.data.config import detect_source
+from nepa.data.check import detect_source
 from nepa.data.pack import pack_shards
 from nepa.data.tarfiles import iter_samples
 from nepa.data.wds import read_index
