@@ -170,14 +170,11 @@ def check_device(directory: Path) -> None:
     given = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0) or int(cluster.get("gpus_per_node") or 0)
     if not given:
         return
-    import torch
+    from nepactl.doctor import cuda_problem
 
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"CUDA not visible: the job was given {given} GPU(s) per node but torch "
-            f"{torch.__version__} sees none (CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}); fix cluster.setup/python/container, "
-            "or set cluster.device=cpu to run on CPUs on purpose")
+    problem = cuda_problem(given)
+    if problem is not None:
+        raise RuntimeError(problem)
 
 
 def _record_failure(directory: Path, env: Any, exc: BaseException) -> None:
