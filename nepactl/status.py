@@ -41,6 +41,7 @@ class RunRow:
     timeouts: int
     job_id: str
     evals: str
+    reason: str = ""  # why it FAILED: the one-line error its job recorded
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,7 +151,8 @@ def _eval_cells(run_dir: Path) -> str:
         outcome = runs.read_json(eval_dir / "outcome.json") or {}
         progress = runs.read_json(eval_dir / "progress.json") or {}
         if outcome.get("status") == "FAILED":
-            tasks.setdefault(task, []).append("failed")
+            tasks.setdefault(task, []).append("failed" + (f": {_short(failure_reason(outcome, []))}"
+                                                          if failure_reason(outcome, []) else ""))
         elif progress.get("total"):
             tasks.setdefault(task, []).append(f"{100 * progress.get('step', 0) / progress['total']:.0f}%")
         else:
@@ -161,6 +163,18 @@ def _eval_cells(run_dir: Path) -> str:
         rest = [s for s in states if s != "done"]
         cells.append(f"{task} {done}/{len(states)}" + (f" ({', '.join(rest)})" if rest else ""))
     return ", ".join(cells)
+
+
+def failure_reason(outcome: dict | None, ledger: list[dict]) -> str:
+    """The one-line error a failed job recorded (outcome.json, else its `end` ledger event)."""
+    if outcome and outcome.get("status") == "FAILED":
+        return str(outcome.get("reason") or outcome.get("error") or "")
+    ends = [e for e in ledger if e.get("event") == "end" and e.get("status") == "FAILED"]
+    return str(ends[-1].get("reason") or "") if ends else ""
+
+
+def _short(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def run_state(ledger: list[dict], outcome: dict | None, scheduler_state: str | None,
@@ -231,5 +245,6 @@ def collect(root: Path, only: list[str] | None = None) -> tuple[list[RunRow], li
             loss=last.get("loss"), checkpoint_age_s=_checkpoint_age(d),
             preemptions=sum(e.get("cause") == "preemption" for e in ledger if e["event"] == "requeue"),
             timeouts=sum(e.get("cause") == "timeout" for e in ledger if e["event"] == "requeue"),
-            job_id=job_id, evals=_eval_cells(d)))
+            job_id=job_id, evals=_eval_cells(d),
+            reason=failure_reason(outcome, ledger) if state == "FAILED" else ""))
     return rows, scheduler.notes

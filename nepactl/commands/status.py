@@ -65,6 +65,9 @@ def status(run: Annotated[list[str] | None, typer.Argument(help="Run names (defa
     if not watch:
         rows, notes = collect(root, run)
         console.out.print(_table(rows))
+        for r in rows:
+            if r.reason:
+                console.out.print(f"{r.run} failed: {r.reason}", markup=False)
         for note in notes:
             console.hint(note)
         return
