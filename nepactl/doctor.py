@@ -136,11 +136,15 @@ def check_probe(cluster_cfg, root: Path, data_path: str | None = None,
 
     folder = Path(tempfile.mkdtemp(prefix=".doctor-probe-", dir=root))
     try:
-        cfg = replace(cluster_cfg, time_min=min(cluster_cfg.time_min, 5),
-                      signal_delay_s=min(cluster_cfg.signal_delay_s, 30))
+        # One task that still holds the node's GPUs: the probe checks the node, not the geometry.
+        gpus, extra = cluster_cfg.gpus_per_node, dict(cluster_cfg.sbatch_extra)
+        if gpus and cluster_cfg.resolved_executor() == "slurm":
+            extra["gpus_per_node"], gpus = gpus, 0
+        cfg = replace(cluster_cfg, tasks_per_node=1, gpus_per_node=min(gpus, 1), sbatch_extra=extra,
+                      time_min=min(cluster_cfg.time_min, 5), signal_delay_s=min(cluster_cfg.signal_delay_s, 30))
         executor = make_executor(cfg, folder, nodes=1, job_name="nepactl-doctor", code_dir=None)
         job = executor.submit(_probe, str(root.resolve()), data_path,
-                              cfg.gpus_per_node if cfg.uses_gpus else 0, cfg.device == "cpu")
+                              cluster_cfg.gpus_per_node if cluster_cfg.uses_gpus else 0, cluster_cfg.device == "cpu")
         deadline = time.monotonic() + timeout_s
         while not job.done():
             if time.monotonic() > deadline:
@@ -149,6 +153,8 @@ def check_probe(cluster_cfg, root: Path, data_path: str | None = None,
                                                   f"(state {job.state}); is the partition busy?")]
             time.sleep(1)
         report = job.result()
+        while job.state in ("RUNNING", "COMPLETING", "PENDING") and time.monotonic() < deadline:
+            time.sleep(1)  # leave nothing behind: the job ends on its own after its result
     except Exception as exc:  # the probe reports any failure as a check line
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         return [Check("probe job", False, f"{type(exc).__name__}: {lines[-1] if lines else exc}")]
