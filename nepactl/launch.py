@@ -48,7 +48,7 @@ def preflight(rendered: Rendered, root: Path, size: str) -> Rendered:
     report = check_data(rendered)
     images = next((s.images for s in report.splits if s.role == "train"), None)
     batch = rendered.run.train.global_batch
-    if images is not None and images < batch and rendered.run.train.max_steps is None:
+    if images is not None and images < batch:  # the job would stop at once (no full batch)
         raise CliError(f"the training split has {images:,} images, fewer than one global batch "
                        f"({batch}); lower train.global_batch or use a larger data set")
     if rendered.chain.active:

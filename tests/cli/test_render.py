@@ -84,9 +84,11 @@ def test_unknown_names_list_the_choices():
 def test_dry_run_prints_everything_and_creates_nothing(tmp_path):
     result = runner.invoke(app, ["pretrain", "--size", "B", "--nodes", "2", "--cluster", "slurm",
                                  "--name", "dry", "--dry-run", "--runs-root", str(tmp_path / "runs"),
-                                 "--set", "data.source=digits", "--set", "train.max_steps=100"])
+                                 "--set", "data.source=digits", "--set", "train.global_batch=1024",
+                                 "--set", "train.micro_batch=8"])
     assert result.exit_code == 0, result.output
-    assert "#SBATCH --nodes=2" in result.output and "accumulation: 2 = global_batch 4096" in result.output
+    assert "#SBATCH --nodes=2" in result.output and "accumulation: 8 = global_batch 1024" in result.output
+    assert "steps_per_epoch: 1 = train images 1,497 // global_batch 1024" in result.output
     assert "dim: 768" in result.output
     assert not (tmp_path / "runs").exists()
 
