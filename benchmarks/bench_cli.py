@@ -98,8 +98,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_imagefolder(Path(tmp) / "imagefolder")
         rows.append(("pretrain --size L --nodes 8 --dry-run (ImageFolder)", timed(
-            ["pretrain", "--size", "L", "--nodes", "8", "--dry-run", "--set", "data.source=imagefolder",
-             "--set", f"data.path={data}", "--runs-root", str(Path(tmp) / "runs")], args.repeats)))
+            ["pretrain", "--size", "L", "--nodes", "8", "--cluster", "slurm", "--dry-run", "--data", str(data),
+             "--set", "train.global_batch=128", "--set", "train.micro_batch=2",  # 200 images
+             "--runs-root", str(Path(tmp) / "runs")], args.repeats)))
     # A live process whose command line names submitit: what status takes for a local controller.
     controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "submitit"])
     try:

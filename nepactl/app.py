@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nepactl.commands import ablate, control, convert, data, demo, doctor, evaluate, pretrain, status, viz
+from nepactl.commands import ablate, cluster, control, convert, data, demo, doctor, evaluate, pretrain, status, viz
 
 app = typer.Typer(
     name="nepactl",
@@ -49,6 +49,7 @@ app.command("resume")(control.resume)
 app.command("doctor")(doctor.doctor)
 app.command("convert")(convert.convert)
 app.add_typer(data.app, name="data")
+app.add_typer(cluster.app, name="cluster")
 app.command("demo")(demo.demo)
 app.command("viz")(viz.viz)
 app.command("ablate")(ablate.ablate)

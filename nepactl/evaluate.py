@@ -22,7 +22,7 @@ from nepa.paths import store_path
 from nepactl import runs
 from nepactl.cluster import ClusterConfig
 from nepactl.errors import CliError
-from nepactl.render import TEMPLATES, cluster_profile_path, parse_set, read_yaml
+from nepactl.render import TEMPLATES, cluster_layer, parse_set, read_yaml
 from nepactl.status import ACTIVE_STATES
 
 EVALS_DIR = "evals"
@@ -91,11 +91,11 @@ def _weights_of_run(run_dir: Path, step: int | None) -> tuple[str, str, str | No
 DISTRIBUTED_TASKS = ("finetune",)  # the others run one process (one GPU if any)
 
 
-def _eval_cluster(profile: str | ClusterConfig, sets: tuple[str, ...], templates: Path) -> ClusterConfig:
+def _eval_cluster(profile: str | ClusterConfig | None, sets: tuple[str, ...], templates: Path) -> ClusterConfig:
     """The cluster profile (or a resolved one) of evaluation jobs: one node."""
     if isinstance(profile, ClusterConfig):
         return profile
-    layer = read_yaml(cluster_profile_path(profile, templates)).get("cluster", {})
+    layer = cluster_layer(profile, templates)[1].get("cluster") or {}
     for assignment in sets:
         layer = deep_merge(layer, parse_set(assignment).get("cluster", {}))
     return from_dict(ClusterConfig, layer, path="cluster")
@@ -196,7 +196,7 @@ def _covered_by_final(target: Path, task: str, label: str, seed: int) -> str | N
 
 def plan_evals(*, run: str | None, weights: str | None, root: Path, tasks: tuple[str, ...],
                step: int | None, seeds: tuple[int, ...], random_init: bool,
-               cluster: str | ClusterConfig,
+               cluster: str | ClusterConfig | None,
                files: tuple[Path, ...] = (), sets: tuple[str, ...] = (), name: str | None = None,
                templates: Path = TEMPLATES) -> EvalPlan:
     """What `nepactl eval` would do, without creating anything."""

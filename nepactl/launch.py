@@ -22,20 +22,47 @@ def job_for(directory: Path) -> Any:
     return EvalJob(directory) if (directory / "eval.yaml").is_file() else TrainJob(directory)
 
 
-def check_data(rendered: Rendered) -> None:
-    """Validate the data path on the login node, before anything is queued."""
+def check_data(rendered: Rendered) -> Any:
+    """Validate the data path on the login node, before anything is queued; the report counts
+    the images of each split (index or metadata) and decodes a few."""
     from nepa.data import check_dataset
 
-    check_dataset(rendered.run.data)
+    return check_dataset(rendered.run.data)
+
+
+def preflight(rendered: Rendered, root: Path, size: str) -> Rendered:
+    """Everything a submit checks, short of submitting (the dry run stops here): the run name,
+    the data, the batch against the training set, chained evaluations. Returns the rendering
+    with the steps derived from the counted training set."""
+    from dataclasses import replace
+
+    from nepa.model_config import resolve_size
+    from nepactl import chain
+    from nepactl.render import derive
+
+    name = rendered.run.name
+    runs.check_name(name)
+    if (root / name).exists():
+        raise CliError(f"run '{name}' already exists in {root}; choose another --name, or "
+                       f"continue it with: nepactl resume {name}")
+    report = check_data(rendered)
+    images = next((s.images for s in report.splits if s.role == "train"), None)
+    batch = rendered.run.train.global_batch
+    if images is not None and images < batch:  # the job would stop at once (no full batch)
+        raise CliError(f"the training split has {images:,} images, fewer than one global batch "
+                       f"({batch}); lower train.global_batch or use a larger data set")
+    if rendered.chain.active:
+        chain.validate(rendered.chain, rendered, size)
+    derived = derive(rendered.run, rendered.cluster, resolve_size(size), images)
+    return replace(rendered, derived=derived)
 
 
 def launch_run(rendered: Rendered, root: Path, *, task: str, size: str) -> Submission:
-    """Create the run directory and submit; on any failure nothing is left behind."""
+    """Check as the dry run does, create the run directory and submit; on any failure nothing is
+    left behind."""
     from nepactl import chain
 
-    check_data(rendered)
-    if rendered.chain.active:
-        chain.validate(rendered.chain, rendered, size)
+    rendered = preflight(rendered, root, size)
     run_dir = runs.create_run(root, rendered.run.name, lambda d: fill_run_dir(d, rendered, task, size))
     submission = None
     try:

@@ -131,6 +131,7 @@ class PreemptibleJob(submitit.helpers.Checkpointable):
         env = _start_attempt(directory)
         submitit_handler = _submitit_handler()
         try:
+            check_device(directory)
             received = _install_stop_handlers(self.start(directory, env))
             ending = self.work()
         except BaseException as exc:
@@ -155,6 +156,26 @@ class PreemptibleJob(submitit.helpers.Checkpointable):
             log.error("ended %s at step %d", ending.status, ending.step)
             sys.exit(ending.exit_code)
         return ending.record
+
+
+def check_device(directory: Path) -> None:
+    """Fail at once, in one line, when the job was given GPUs it cannot use (a wrong module, a
+    CPU-only torch, a container without --nv); `cluster.device: cpu` hides them on purpose."""
+    import yaml
+
+    path = directory / "cluster.yaml"
+    cluster = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if cluster.get("device") == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA
+        return
+    given = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0) or int(cluster.get("gpus_per_node") or 0)
+    if not given:
+        return
+    from nepactl.doctor import cuda_problem
+
+    problem = cuda_problem(given)
+    if problem is not None:
+        raise RuntimeError(problem)
 
 
 def _record_failure(directory: Path, env: Any, exc: BaseException) -> None:

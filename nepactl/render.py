@@ -1,7 +1,10 @@
-"""Templates -> one validated run spec: defaults < size < task < cluster < user files < --set.
+"""Templates -> one validated run spec: defaults < size < task < cluster profile < data default
+< user files < --set < flags.
 
 Every layer's keys are checked on their own (errors name the file), the merged result is
 validated strictly, and derived values (world size, accumulation, lr, steps) are computed.
+The cluster profile is --cluster, else $NEPA_CLUSTER, else the user's config file, else `auto`;
+sizes meant for GPUs need real data and a profile that asks for GPUs (or cluster.device: cpu).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import yaml
 
 from nepa.config import ConfigError, check_keys, deep_merge, from_dict, load_yaml, suggest, to_dict, unknown_key
 from nepa.train.runconfig import RunConfig
-from nepactl.cluster import ClusterConfig
+from nepactl import userconfig
+from nepactl.cluster import IMAGES_PER_S_PER_GPU, ClusterConfig
 from nepactl.specs import EvalChainConfig
 
+GPU_SIZES = ("S", "B", "L", "H")  # sizes meant for GPUs and real data (tiny: CPUs and digits)
 TEMPLATES = Path(os.environ.get("NEPA_TEMPLATES", Path(__file__).resolve().parents[1] / "templates"))
 
 
@@ -77,6 +82,43 @@ def cluster_profile_path(profile: str, templates: Path = TEMPLATES) -> Path:
     return path
 
 
+def cluster_layer(choice: str | None, templates: Path = TEMPLATES) -> tuple[str, dict[str, Any]]:
+    """(source, layer) of the profile: --cluster > $NEPA_CLUSTER > the user file > `auto`."""
+    choice = choice or os.environ.get(userconfig.CLUSTER_ENV) or None
+    if choice is None:
+        user = userconfig.read()
+        if "cluster" in user:
+            return str(userconfig.config_file()), {"cluster": user["cluster"] or {}}
+        choice = "auto"
+    path = cluster_profile_path(choice, templates)
+    return str(path), read_yaml(path)
+
+
+def data_section(value: str | dict[str, Any]) -> dict[str, Any]:
+    """--data PATH (or a user default) as a data section: the source detected from the layout."""
+    from nepa.data.layout import detect_source
+
+    if isinstance(value, dict):
+        return value
+    if value == "digits":
+        return {"source": "digits", "path": None}
+    path = value if "://" in value or value.startswith("pipe:") else os.path.abspath(os.path.expanduser(value))
+    return {"source": detect_source(path), "path": path}
+
+
+def data_layer(size: str, data: str | None) -> tuple[str, dict[str, Any]] | None:
+    """--data > $NEPA_DATA > the user file's data; tiny keeps its digits unless --data is given."""
+    if data:
+        return f"--data {data}", {"data": data_section(data)}
+    if size not in GPU_SIZES:
+        return None
+    if os.environ.get(userconfig.DATA_ENV):
+        value = os.environ[userconfig.DATA_ENV]
+        return f"${userconfig.DATA_ENV}={value}", {"data": data_section(value)}
+    user = userconfig.read().get("data")
+    return (str(userconfig.config_file()), {"data": data_section(user)}) if user else None
+
+
 def parse_set(assignment: str) -> dict[str, Any]:
     """'train.max_steps=100' -> {'train': {'max_steps': 100}} (values parsed as YAML)."""
     key, sep, raw = assignment.partition("=")
@@ -95,9 +137,9 @@ def parse_set(assignment: str) -> dict[str, Any]:
     return nested
 
 
-def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: tuple[Path, ...] = (),
+def render(*, size: str, task: str = "pretrain", cluster: str | None = None, files: tuple[Path, ...] = (),
            sets: tuple[str, ...] = (), nodes: int | None = None, gpus_per_node: int | None = None,
-           name: str | None = None, evals: tuple[str, ...] | None = None,
+           name: str | None = None, evals: tuple[str, ...] | None = None, data: str | None = None,
            templates: Path = TEMPLATES) -> Rendered:
     """Resolve the precedence chain into a validated RunConfig + ClusterConfig."""
     from nepa.model_config import SIZES, resolve_size
@@ -112,8 +154,11 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
         known = sorted(p.stem for p in (templates / "tasks").glob("*.yaml"))
         raise ConfigError(f"unknown task '{task}'{suggest(task, known)}; tasks: {', '.join(known)}")
     layers.append((str(task_file), read_yaml(task_file)))
-    profile = cluster_profile_path(cluster, templates)
-    layers.append((str(profile), read_yaml(profile)))
+    profile_source, profile = cluster_layer(cluster, templates)
+    layers.append((profile_source, profile))
+    data_default = data_layer(canonical, data)
+    if data_default is not None:
+        layers.append(data_default)
     layers += [(str(path), read_yaml(Path(path))) for path in files]
     for assignment in sets:
         layers.append((f"--set {assignment}", parse_set(assignment)))
@@ -139,17 +184,55 @@ def render(*, size: str, task: str = "pretrain", cluster: str = "auto", files: t
         checkpoint = merged.setdefault("checkpoint", {})
         checkpoint["keep_steps"] = sorted({*checkpoint.get("keep_steps", ()), *chain.at_steps})
     merged.setdefault("train", {})["procs_per_node"] = cluster_cfg.tasks_per_node
+    data_cfg = merged.setdefault("data", {})
+    data_cfg.setdefault("num_workers", default_workers(cluster_cfg))
     merged["name"] = merged.get("name") or f"{task}-{canonical}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = merged.get("data", {}).get("path")
     if isinstance(path, str) and "://" not in path and not path.startswith("pipe:"):
         merged["data"]["path"] = os.path.abspath(os.path.expanduser(path))  # jobs run elsewhere
     run = from_dict(RunConfig, merged)
-    return Rendered(run, cluster_cfg, derive(run), [source for source, _ in layers], chain)
+    _require_gpus_and_data(canonical, cluster_cfg, profile_source, layers)
+    if "image_size" not in data_cfg and run.data.image_size != run.model.image_size:
+        from dataclasses import replace  # the crop the model is built for
+
+        run = replace(run, data=replace(run.data, image_size=run.model.image_size))
+    return Rendered(run, cluster_cfg, derive(run, cluster_cfg, canonical), [source for source, _ in layers],
+                    chain)
 
 
-def derive(run: RunConfig) -> dict[str, Any]:
-    """Values computed from the config, shown next to their inputs."""
-    from nepa.train.config import base_lr
+def _require_gpus_and_data(size: str, cluster: ClusterConfig, profile: str,
+                           layers: list[tuple[str, dict]]) -> None:
+    """Sizes meant for GPUs: never a silent zero-GPU job, never the bundled digits by default."""
+    if size not in GPU_SIZES:
+        return
+    if cluster.resolved_executor() == "slurm" and cluster.gpus_per_node == 0 and cluster.device != "cpu":
+        raise ConfigError(
+            f"size {size} needs GPUs but the cluster profile ({profile}) asks for none; create one "
+            "with `nepactl cluster init` (or pass --gpus-per-node N), or set cluster.device=cpu "
+            "to use CPUs on purpose")
+    if not any("source" in (layer.get("data") or {}) for _, layer in layers):
+        raise ConfigError(
+            f"size {size} trains on real data: pass --data PATH (an image folder, HF dataset or "
+            f"shards), set ${userconfig.DATA_ENV}, or add `data: {{path: ...}}` to "
+            f"{userconfig.config_file()}; --set data.source=digits uses the bundled digits on purpose")
+
+
+def default_workers(cluster: ClusterConfig) -> int:
+    """DataLoader workers per rank: the CPUs of one task, less the one that trains."""
+    if cluster.cpus_per_task is not None:
+        cpus = cluster.cpus_per_task
+    elif cluster.resolved_executor() == "slurm":
+        cpus = 1  # SLURM's default: one CPU per task
+    else:
+        cpus = max(1, (os.cpu_count() or 1) // cluster.tasks_per_node)
+    return max(0, cpus - 1)
+
+
+def derive(run: RunConfig, cluster: ClusterConfig | None = None, size: str | None = None,
+           train_images: int | None = None) -> dict[str, Any]:
+    """Values computed from the config, shown next to their inputs (steps: once the training
+    set is counted, on the login node before submitting)."""
+    from nepa.train.config import base_lr, warmup_steps
 
     train = run.train
     derived = {
@@ -160,9 +243,29 @@ def derive(run: RunConfig) -> dict[str, Any]:
               + ("optim.lr" if run.optim.lr is not None
                  else f"blr {run.optim.blr:g} x global_batch {train.global_batch} / 256"),
     }
-    if train.max_steps is not None:
-        derived["total_steps"] = f"{train.max_steps} = train.max_steps"
-    else:
-        derived["total_steps"] = (f"epochs {train.epochs} x (train images // global_batch "
-                                  f"{train.global_batch}); counted when the job starts")
+    if train_images is None:
+        if train.max_steps is not None:
+            derived["total_steps"] = f"{train.max_steps} = train.max_steps"
+        else:
+            derived["total_steps"] = (f"epochs {train.epochs} x (train images // global_batch "
+                                      f"{train.global_batch}); the images are counted before submitting")
+        return derived
+    per_epoch = train_images // train.global_batch
+    derived["steps_per_epoch"] = f"{per_epoch:,} = train images {train_images:,} // global_batch {train.global_batch}"
+    total = train.max_steps or train.epochs * per_epoch
+    derived["total_steps"] = (f"{total:,} = train.max_steps" if train.max_steps is not None
+                              else f"{total:,} = epochs {train.epochs} x steps_per_epoch {per_epoch:,}")
+    warm = warmup_steps(run.optim, total)
+    derived["warmup_steps"] = (f"{warm:,} = optim.warmup_steps" if run.optim.warmup_steps is not None
+                               else f"{warm:,} = warmup_fraction {run.optim.warmup_fraction:g} x total_steps")
+    if cluster is not None and cluster.uses_gpus:
+        measured = cluster.images_per_s_per_gpu
+        rate = measured or IMAGES_PER_S_PER_GPU.get(size or "", 0.0)
+        if rate:
+            gpus = train.nodes * cluster.gpus_per_node
+            hours = total * train.global_batch / (rate * gpus) / 3600
+            basis = ("cluster.images_per_s_per_gpu" if measured else
+                     f"assumed for size {size} (bf16, H100-class); set cluster.images_per_s_per_gpu to yours")
+            derived["wall_time"] = (f"~{hours:,.1f} h = total_steps x global_batch / ({rate:g} images/s "
+                                    f"per GPU x {gpus} GPUs), {basis}")
     return derived

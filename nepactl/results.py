@@ -39,10 +39,11 @@ class ResultRow:
     step: int | None  # pretraining checkpoint step
     state: str  # "done", "RUNNING", "FAILED", "missing", ...
     plot: str = ""
+    reason: str = ""  # why a FAILED evaluation failed (its job's one-line error)
 
     def cell(self) -> str:
         if self.value is None:
-            return self.state.lower()
+            return self.state.lower() + (f": {self.reason}" if self.reason else "")
         return f"{self.value:.2f} ± {self.std:.2f}" if self.std is not None else f"{self.value:.2f}"
 
 
@@ -105,8 +106,10 @@ def gather(root: Path, names: list[str] | None = None, *, reference: bool = True
         states = _eval_states(run_dir) if pending else {}
         for name in sorted(pending):
             eval_info = runs.read_json(pending[name] / runs.RUN_INFO) or {}
+            state = states.get(name, "FAILED")
+            reason = _failure(pending[name]) if state == "FAILED" else ""
             rows.append(ResultRow(run_dir.name, info.get("size", "?"), eval_info.get("task", name), name,
-                                  "", "", None, None, 0, None, states.get(name, "FAILED")))
+                                  "", "", None, None, 0, None, state, reason=reason))
         seen = {r.task for r in rows if r.run == run_dir.name}
         if info.get("task") == "pretrain":
             rows += [ResultRow(run_dir.name, info.get("size", "?"), task, "", "", "", None, None, 0,
@@ -115,6 +118,12 @@ def gather(root: Path, names: list[str] | None = None, *, reference: bool = True
         rows += [ResultRow("paper", size, task, metric, "paper", "reference", value, None, 0, None, "done")
                  for size, task, metric, value in PAPER if not sizes or size in sizes or "tiny" in sizes]
     return rows
+
+
+def _failure(eval_dir: Path) -> str:
+    from nepactl.status import failure_reason
+
+    return failure_reason(runs.read_json(eval_dir / "outcome.json"), runs.read_ledger(eval_dir))
 
 
 def random_weights(weights: str) -> bool:

@@ -42,6 +42,7 @@ class RunRow:
     job_id: str
     evals: str
     problem: str = ""  # why the run could not be read (its state is then UNREADABLE)
+    reason: str = ""  # why it FAILED: the one-line error its job recorded
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -179,7 +180,8 @@ def _eval_cells(run_dir: Path) -> str:
         outcome = runs.read_json(eval_dir / "outcome.json") or {}
         progress = runs.read_json(eval_dir / "progress.json") or {}
         if outcome.get("status") == "FAILED":
-            tasks.setdefault(task, []).append("failed")
+            tasks.setdefault(task, []).append("failed" + (f": {_short(failure_reason(outcome, []))}"
+                                                          if failure_reason(outcome, []) else ""))
         elif progress.get("total"):
             tasks.setdefault(task, []).append(f"{100 * progress.get('step', 0) / progress['total']:.0f}%")
         else:
@@ -190,6 +192,18 @@ def _eval_cells(run_dir: Path) -> str:
         rest = [s for s in states if s != "done"]
         cells.append(f"{task} {done}/{len(states)}" + (f" ({', '.join(rest)})" if rest else ""))
     return ", ".join(cells)
+
+
+def failure_reason(outcome: dict | None, ledger: list[dict]) -> str:
+    """The one-line error a failed job recorded (outcome.json, else its `end` ledger event)."""
+    if outcome and outcome.get("status") == "FAILED":
+        return str(outcome.get("reason") or outcome.get("error") or "")
+    ends = [e for e in ledger if e.get("event") == "end" and e.get("status") == "FAILED"]
+    return str(ends[-1].get("reason") or "") if ends else ""
+
+
+def _short(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def run_state(ledger: list[dict], outcome: dict | None, scheduler_state: str | None,
@@ -278,7 +292,8 @@ def _row(d: Path, info: dict, ledger: list[dict], job_id: str, states: dict[str,
         loss=last.get("loss"), checkpoint_age_s=_checkpoint_age(d),
         preemptions=sum(e.get("cause") == "preemption" for e in ledger if e["event"] == "requeue"),
         timeouts=sum(e.get("cause") == "timeout" for e in ledger if e["event"] == "requeue"),
-        job_id=job_id, evals=_eval_cells(d))
+        job_id=job_id, evals=_eval_cells(d),
+        reason=failure_reason(outcome, ledger) if state == "FAILED" else "")
 
 
 def active_jobs(run_dir: Path) -> list[tuple[Path, str, str]]:

@@ -26,6 +26,16 @@ def train_precision(request) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _no_user_profile(tmp_path_factory, monkeypatch):
+    """No test reads the real user's profile or data default (~/.config/nepactl, $NEPA_*)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    for name in ("NEPA_CLUSTER", "NEPA_DATA"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _seeded():
     import torch
 

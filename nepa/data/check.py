@@ -172,7 +172,7 @@ def _check_parquet(cfg: DataConfig, role: str, decode: bool, sample: int,
 def check_dataset(cfg: DataConfig, *, decode: bool = False, sample: int = 16,
                   progress: Progress | None = None) -> DataReport:
     """Check the train and val splits of `cfg`; DataError (one line) when unusable."""
-    from nepa.data.hf import is_parquet_layout
+    from nepa.data.layout import is_parquet_layout
     from nepa.data.sources import build_dataset
 
     reports, classes = [], []

@@ -14,6 +14,7 @@ Source = Literal["digits", "imagefolder", "hf", "wds"]
 # config written into a run directory states the value actually used).
 _SPLITS = {"digits": ("train", "val"), "imagefolder": ("train", "val"),
            "hf": ("train", "validation"), "wds": ("train", "val")}
+INDEX_FILE = "index.json"  # the shard index written by `nepactl data pack`
 _COLUMNS = {"hf": ("image", "label"), "wds": ("jpg;jpeg;png;webp", "cls")}
 
 

@@ -17,21 +17,11 @@ from PIL import Image
 
 from nepa.data.config import DataError, SplitNotFound
 from nepa.data.images import ImageDataset, decode_image, keep_encoded
+from nepa.data.layout import is_hf_layout, is_parquet_layout
 
 
 def parquet_files(root: Path, split: str) -> list[str]:
     return sorted(str(p) for p in (root / "data").glob(f"{split}-*.parquet"))
-
-
-def is_parquet_layout(root: Path) -> bool:
-    """PATH/data/<split>-*.parquet (and not a save_to_disk directory)."""
-    return (root / "data").is_dir() and not (root / "dataset_dict.json").is_file()
-
-
-def is_hf_layout(root: Path) -> bool:
-    """A save_to_disk directory or the parquet layout."""
-    return ((root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
-            or any((root / "data").glob("*.parquet")))
 
 
 def load_split(root: str | os.PathLike, split: str, role: str = "train"):

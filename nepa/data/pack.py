@@ -20,6 +20,7 @@ import torch
 
 from nepa.data.config import DataConfig, DataError, Source, SplitNotFound
 from nepa.data.images import ImageDataset, decode_image
+from nepa.data.layout import detect_source
 from nepa.data.sampler import mix_seed
 from nepa.data.wds import INDEX_FILE, SOURCE_INDEX_KEYS, index_document, write_index_file
 
@@ -47,25 +48,6 @@ class PackResult:
     @property
     def index(self) -> Path:
         return self.out / INDEX_FILE
-
-
-def detect_source(path: str) -> Source:
-    """What `path` holds: 'digits', an HF dataset, wds shards (index.json) or an image folder."""
-    from nepa.data.hf import is_hf_layout
-
-    if path == "digits":
-        return "digits"
-    root = Path(path)
-    if not root.exists():
-        raise DataError(f"{root} does not exist; give a dataset directory or 'digits'")
-    if root.suffix == ".json" or (root / INDEX_FILE).is_file():
-        return "wds"
-    if is_hf_layout(root):
-        return "hf"
-    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
-        return "imagefolder"
-    raise DataError(f"cannot tell what {root} holds (no train/ folder, HF dataset or index.json); "
-                    "give --source")
 
 
 class _ShardWriter:

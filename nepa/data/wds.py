@@ -38,13 +38,12 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from nepa.data.config import DataConfig, DataError, SplitNotFound, accumulation
+from nepa.data.config import INDEX_FILE, DataConfig, DataError, SplitNotFound, accumulation
 from nepa.data.images import decode_image
 from nepa.data.sampler import item_seed, mix_seed, rng_sources, seeded
 from nepa.data.tarfiles import iter_samples
 
 log = logging.getLogger("nepa.data")
-INDEX_FILE = "index.json"
 FORMAT = "nepa-wds/1"
 SOURCE_INDEX_KEYS = "source-index"  # keys are the decimal index of the sample in its source
 T = TypeVar("T")

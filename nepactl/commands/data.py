@@ -109,7 +109,7 @@ def check(
     """
     from nepa.data.check import check_dataset
     from nepa.data.config import DataConfig
-    from nepa.data.pack import detect_source
+    from nepa.data.layout import detect_source
 
     kind = detect_source(path) if source in (None, "auto") else source
     cfg = DataConfig(source=kind, path=None if kind == "digits" else path,

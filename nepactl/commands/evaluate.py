@@ -38,7 +38,7 @@ def evaluate(run: Annotated[str | None, typer.Argument(help="Run to evaluate (se
              seeds: Seeds = "0",
              random_init: Annotated[bool, typer.Option(
                  "--random-init/--no-random-init", help="Also evaluate the architecture at random init.")] = False,
-             cluster: Cluster = "auto", name: Annotated[str | None, typer.Option(
+             cluster: Cluster = None, name: Annotated[str | None, typer.Option(
                  "--name", help="Run name holding --weights evaluations.")] = None,
              config: ConfigFiles = None, sets: Sets = None, dry_run: DryRun = False,
              output: OutputFormat = Format.table, runs_root: RunsRoot = None) -> None:

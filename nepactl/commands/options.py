@@ -16,8 +16,12 @@ Size = Annotated[str, typer.Option("--size", "-s", help="Model size: tiny, S, B,
 Nodes = Annotated[int | None, typer.Option("--nodes", "-n", min=1, help="Number of nodes.")]
 GpusPerNode = Annotated[int | None, typer.Option("--gpus-per-node", "-g", min=0,
                                                  help="GPUs per node (one process each).")]
-Cluster = Annotated[str, typer.Option("--cluster", "-c",
-                                      help="Cluster profile: local, auto, slurm, debug or a YAML file.")]
+Cluster = Annotated[str | None, typer.Option(
+    "--cluster", "-c", show_default="$NEPA_CLUSTER, else ~/.config/nepactl/config.yaml, else auto",
+    help="Cluster profile: local, auto, slurm, debug or a YAML file (`nepactl cluster init` writes yours).")]
+Data = Annotated[str | None, typer.Option(
+    "--data", show_default="$NEPA_DATA, else the user config file (tiny: the bundled digits)",
+    help="Training data: an image folder (PATH/train/<class>/...), an HF dataset or `data pack` shards.")]
 Name = Annotated[str | None, typer.Option("--name", help="Run name (default: TASK-SIZE-TIMESTAMP).")]
 ConfigFiles = Annotated[list[Path] | None, typer.Option(
     "--config", help="YAML file(s) applied after the templates, in order.")]

@@ -11,6 +11,7 @@ from nepactl import console
 from nepactl.commands.options import (
     Cluster,
     ConfigFiles,
+    Data,
     DryRun,
     GpusPerNode,
     Name,
@@ -28,7 +29,7 @@ ChainedEvals = Annotated[str | None, typer.Option(
                     "linprobe,finetune,ade20k; milestones: --set evals.at_steps=[50000,100000].")]
 
 
-def _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals=None):
+def _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals=None, data=None):
     from nepactl.render import render
 
     tasks = None
@@ -38,7 +39,7 @@ def _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals=None)
         tasks = parse_tasks(evals)
     return render(size=size, task="pretrain", cluster=cluster, files=tuple(config or ()),
                   sets=tuple(sets or ()), nodes=nodes, gpus_per_node=gpus_per_node, name=name,
-                  evals=tasks)
+                  evals=tasks, data=data)
 
 
 def _print_rendered(rendered, root) -> None:
@@ -69,21 +70,23 @@ class SubmittedRun:
 
 @handled
 def pretrain(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNode = None,
-             cluster: Cluster = "auto", name: Name = None, config: ConfigFiles = None,
-             sets: Sets = None, evals: ChainedEvals = None, dry_run: DryRun = False,
+             cluster: Cluster = None, name: Name = None, config: ConfigFiles = None,
+             sets: Sets = None, evals: ChainedEvals = None, data: Data = None, dry_run: DryRun = False,
              output: OutputFormat = Format.table, runs_root: RunsRoot = None) -> None:
     """Render, validate, create the run and submit its pretraining job (and chained evaluations).
+    --dry-run checks everything a submit checks (name, data, batch, profile) and prints the
+    resolved config, the derived steps and wall time, and the sbatch script.
 
-    Example: nepactl pretrain --size L --nodes 8 --cluster my-cluster.yaml --evals finetune,linprobe
+    Example: nepactl pretrain --size L --nodes 8 --data /data/imagenet --evals finetune,linprobe
     """
     from nepactl import output as out
-    from nepactl.launch import launch_run
+    from nepactl.launch import launch_run, preflight
     from nepactl.runs import runs_root as resolve_root
 
     root = resolve_root(runs_root)
-    rendered = _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals)
+    rendered = _render(size, nodes, gpus_per_node, cluster, name, config, sets, evals, data)
     if dry_run:
-        _print_rendered(rendered, root)
+        _print_rendered(preflight(rendered, root, size), root)
         return
     submission = launch_run(rendered, root, task="pretrain", size=size)
     row = SubmittedRun(rendered.run.name, submission.executor, submission.job_id, str(submission.run_dir))
@@ -98,13 +101,14 @@ def pretrain(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNod
 
 @handled
 def render(size: Size = "tiny", nodes: Nodes = None, gpus_per_node: GpusPerNode = None,
-           cluster: Cluster = "auto", name: Name = None, config: ConfigFiles = None,
-           sets: Sets = None, runs_root: RunsRoot = None) -> None:
-    """Print what --dry-run prints (resolved config, derived values, sbatch script).
+           cluster: Cluster = None, name: Name = None, config: ConfigFiles = None,
+           sets: Sets = None, data: Data = None, runs_root: RunsRoot = None) -> None:
+    """Print the resolved config, derived values and sbatch script without checking the data
+    (pretrain --dry-run also counts the data and checks what a submit checks).
 
-    Example: nepactl render --size B --nodes 4 --gpus-per-node 8 --cluster slurm
+    Example: nepactl render --size B --nodes 4 --gpus-per-node 8 --cluster slurm --data /data/imagenet
     """
     from nepactl.runs import runs_root as resolve_root
 
-    _print_rendered(_render(size, nodes, gpus_per_node, cluster, name, config, sets),
+    _print_rendered(_render(size, nodes, gpus_per_node, cluster, name, config, sets, data=data),
                     resolve_root(runs_root))

@@ -68,6 +68,9 @@ def status(run: Annotated[list[str] | None, typer.Argument(help="Run names (defa
     if fmt is not Format.table or not watch:
         rows, notes = collect(root, run)
         out.emit(rows, fmt, columns=_columns(), row_type=RunRow, title=TITLE)
+        for r in rows if fmt is Format.table else ():
+            if r.reason:
+                console.out.print(f"{r.run} failed: {r.reason}", markup=False)
         for note in notes if fmt is Format.table else ():
             console.hint(note)
         return

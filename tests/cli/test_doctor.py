@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
-
 from typer.testing import CliRunner
 
 from nepactl.app import app
@@ -27,13 +24,26 @@ def test_missing_slurm_binaries_fail(monkeypatch, tmp_path):
     assert "sbatch on PATH" == checks[0].name and "not found" in checks[0].detail
 
 
-def test_unknown_partition_fails(monkeypatch, tmp_path):
-    fake = tmp_path / "sinfo"
-    fake.write_text("#!/bin/sh\nexit 0\n")  # knows no partition: empty output
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    check = check_partition("gpu", "slurm")
-    assert not check.ok and "'gpu' unknown to sinfo" in check.detail
+def test_unknown_or_down_partition_fails():
+    from nepactl.discover import Partition
+
+    up = Partition("gpu", True, "up", 2880, 2, 64, 512000, 8, "h100", ("idle",))
+    assert check_partition("gpu", [up]).ok
+    check = check_partition("cpu", [up])
+    assert not check.ok and "'cpu' unknown to sinfo" in check.detail and "gpu" in check.detail
+    down = Partition("gpu", True, "down", 2880, 2, 64, 512000, 8, "h100", ("idle",))
+    drained = Partition("gpu", True, "up", 2880, 2, 64, 512000, 8, "h100", ("drain", "down*"))
+    assert "is down" in check_partition("gpu", [down]).detail
+    assert not check_partition("gpu", [drained]).ok
+
+
+def test_sinfo_answers_are_parsed():
+    from nepactl.discover import parse_gres, parse_time
+
+    assert parse_gres("gpu:a100:8(S:0-1),nvme:1") == (8, "a100")
+    assert parse_gres("gpu:8") == (8, None) and parse_gres("(null)") == (0, None)
+    assert [parse_time(t) for t in ("infinite", "2-00:00:00", "4:00:00", "30:00", "30")] == [
+        None, 2880, 240, 30, 30]
 
 
 def test_unwritable_runs_root_fails(tmp_path):
@@ -62,8 +72,9 @@ def test_probe_job_reports_success_and_failure(tmp_path):
     from nepactl.cluster import ClusterConfig
     from nepactl.doctor import check_probe
 
-    ok = check_probe(ClusterConfig(executor="local", time_min=5), tmp_path)
-    assert ok.ok and "torch" in ok.detail and "nepa" in ok.detail
-    broken = check_probe(ClusterConfig(executor="local", time_min=5, python="/nonexistent/python"),
-                         tmp_path)
-    assert not broken.ok
+    checks = check_probe(ClusterConfig(executor="local", time_min=5), tmp_path, str(tmp_path))
+    assert [c.name for c in checks] == ["job python", "runs root from a compute node", "data from a compute node"]
+    assert all(c.ok for c in checks) and "torch" in checks[0].detail and "nepa" in checks[0].detail
+    (broken,) = check_probe(ClusterConfig(executor="local", time_min=5, python="/nonexistent/python"),
+                            tmp_path)
+    assert not broken.ok and broken.name == "probe job"

@@ -15,13 +15,14 @@ from nepactl.render import render
 from nepactl.submit import dry_run_script
 
 GOLDEN = Path(__file__).parent / "golden"
+IMAGENET = ("data.source=imagefolder", "data.path=/data/imagenet")  # rendered only, never read
 runner = CliRunner()
 
 
 @pytest.mark.parametrize(("size", "nodes"), [("B", 1), ("B", 4), ("L", 4), ("L", 8)])
 def test_golden_rendered_config_and_sbatch_script(size, nodes):
     rendered = render(size=size, cluster="slurm", nodes=nodes, name=f"golden-{size}-{nodes}",
-                      sets=("cluster.python=python3",))
+                      sets=("cluster.python=python3", *IMAGENET))
     text = yaml.safe_dump(rendered.spec(), sort_keys=False)
     script = dry_run_script(rendered, Path("/runs"))
     golden_config = GOLDEN / f"pretrain-{size}-{nodes}n.yaml"
@@ -49,7 +50,7 @@ def test_precedence_size_task_cluster_file_set(tmp_path):
 
 
 def test_derived_values_are_computed_from_their_inputs():
-    rendered = render(size="B", cluster="slurm", nodes=2, gpus_per_node=8)
+    rendered = render(size="B", cluster="slurm", nodes=2, gpus_per_node=8, sets=IMAGENET)
     assert rendered.run.train.accumulation == 2  # 4096 / (16 x 128)
     assert rendered.derived["accumulation"].startswith("2 = global_batch 4096 / (world_size 16 x")
     assert rendered.derived["lr"] == "0.0048 = blr 0.0003 x global_batch 4096 / 256"
@@ -82,9 +83,12 @@ def test_unknown_names_list_the_choices():
 
 def test_dry_run_prints_everything_and_creates_nothing(tmp_path):
     result = runner.invoke(app, ["pretrain", "--size", "B", "--nodes", "2", "--cluster", "slurm",
-                                 "--name", "dry", "--dry-run", "--runs-root", str(tmp_path / "runs")])
+                                 "--name", "dry", "--dry-run", "--runs-root", str(tmp_path / "runs"),
+                                 "--set", "data.source=digits", "--set", "train.global_batch=1024",
+                                 "--set", "train.micro_batch=8"])
     assert result.exit_code == 0, result.output
-    assert "#SBATCH --nodes=2" in result.output and "accumulation: 2 = global_batch 4096" in result.output
+    assert "#SBATCH --nodes=2" in result.output and "accumulation: 8 = global_batch 1024" in result.output
+    assert "steps_per_epoch: 1 = train images 1,497 // global_batch 1024" in result.output
     assert "dim: 768" in result.output
     assert not (tmp_path / "runs").exists()
 

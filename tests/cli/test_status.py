@@ -156,3 +156,22 @@ def test_folded_array_ids_of_squeue_and_sacct_are_unfolded(job, tasks):
     from nepactl.status import array_tasks
 
     assert array_tasks(job) == tasks
+
+
+def test_failed_runs_and_evaluations_say_why(tmp_path):
+    from nepactl.results import gather
+
+    run = _run_dir(tmp_path, "r", executor="local", job_id="999999", steps=3)
+    runs.write_json(run / "outcome.json", {"status": "FAILED", "error": "boom",
+                                           "reason": "RuntimeError: CUDA not visible"})
+    evals = run / "evals" / "linprobe-step3-seed0"
+    evals.mkdir(parents=True)
+    runs.write_json(evals / runs.RUN_INFO, {"task": "linprobe", "executor": "local"})
+    runs.append_ledger(evals, "submit", job_id="999998", executor="local", cause="new run")
+    runs.write_json(evals / "outcome.json", {"status": "FAILED", "error": "x",
+                                             "reason": "DataError: no val split"})
+    (row,), _ = collect(tmp_path)
+    assert row.state == "FAILED" and row.reason == "RuntimeError: CUDA not visible"
+    assert row.evals == "linprobe 0/1 (failed: DataError: no val split)"
+    (cell,) = [r for r in gather(tmp_path, reference=False) if r.task == "linprobe"]
+    assert cell.cell() == "failed: DataError: no val split"

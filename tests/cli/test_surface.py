@@ -10,16 +10,19 @@ from nepactl.app import app
 from nepactl.commands.control import split_attempts
 
 SURFACE = {
-    "pretrain": ["--cluster", "--config", "--dry-run", "--evals", "--format", "--gpus-per-node", "--name",
+    "pretrain": ["--cluster", "--config", "--data", "--dry-run", "--evals", "--format", "--gpus-per-node", "--name",
                  "--nodes", "--runs-root", "--set", "--size"],
-    "render": ["--cluster", "--config", "--gpus-per-node", "--name", "--nodes", "--runs-root",
+    "render": ["--cluster", "--config", "--data", "--gpus-per-node", "--name", "--nodes", "--runs-root",
                "--set", "--size"],
     "status": ["--format", "--json", "--runs-root", "--watch", "RUN"],
     "runs": ["--format", "--json", "--runs-root"],
     "logs": ["--attempt", "--follow", "--rank", "--runs-root", "RUN"],
     "cancel": ["--runs-root", "RUN"],
     "resume": ["--max-preemptions", "--max-timeouts", "--runs-root", "RUN"],
-    "doctor": ["--cluster", "--probe", "--runs-root", "--size"],
+    "doctor": ["--cluster", "--config", "--data", "--gpus-per-node", "--nodes", "--probe", "--runs-root",
+               "--set", "--size"],
+    "cluster init": ["--data", "--dry-run", "--force", "--partition"],
+    "cluster show": ["--cluster"],
     "convert": ["--ema", "--to-hf", "OUT", "SRC"],
     "demo": ["--fresh", "--precision", "--quick", "--runs-root", "--steps"],
     "data pack": ["--decode", "--seed", "--shard-size", "--shuffle", "--source", "OUT", "SRC"],

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from nepa.data import DataConfig, DataError, build_dataset
-from nepa.data.pack import detect_source, pack_shards
+from nepa.data.layout import detect_source
+from nepa.data.pack import pack_shards
 from nepa.data.tarfiles import iter_samples
 from nepa.data.wds import read_index
 from tests.data.conftest import CLASSES, expected
