@@ -238,18 +238,19 @@ def test_resume_starts_fresh_requeue_budgets_and_can_raise_them(root):
     from nepactl.preempt import requeue_limit_reached
 
     run_dir = root / "done"
-    for _ in range(4):
+    limit = yaml.safe_load((run_dir / "cluster.yaml").read_text())["max_timeouts"]
+    for _ in range(limit + 1):
         rundir.append_jsonl(run_dir / rundir.LEDGER, {"event": "requeue", "cause": "timeout"})
-    assert "4 timeouts since the last submission exceed cluster.max_timeouts=3" in requeue_limit_reached(
-        run_dir, "timeout")
+    assert f"{limit + 1} timeouts since the last submission exceed cluster.max_timeouts={limit}" in \
+        requeue_limit_reached(run_dir, "timeout")
     (run_dir / rundir.OUTCOME).unlink()  # the job ended FAILED at the limit
-    result = runner.invoke(app, ["resume", "done", "--max-timeouts", "10", "--max-preemptions", "50",
+    result = runner.invoke(app, ["resume", "done", "--max-timeouts", "60", "--max-preemptions", "70",
                                  "--runs-root", str(root)])
     assert result.exit_code == 0, result.output
     assert requeue_limit_reached(run_dir, "timeout") is None
     cluster = yaml.safe_load((run_dir / "cluster.yaml").read_text())
-    assert (cluster["max_timeouts"], cluster["max_preemptions"]) == (10, 50)
-    assert any(e["event"] == "budget" and e["max_timeouts"] == 10 for e in rundir.read_jsonl(run_dir / rundir.LEDGER))
+    assert (cluster["max_timeouts"], cluster["max_preemptions"]) == (60, 70)
+    assert any(e["event"] == "budget" and e["max_timeouts"] == 60 for e in rundir.read_jsonl(run_dir / rundir.LEDGER))
 
 
 def test_a_diverged_run_records_its_end_with_a_reason(tmp_path, monkeypatch):
