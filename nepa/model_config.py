@@ -63,6 +63,11 @@ class ModelConfig:
               "must be >= 1 (factor range [1/r, r]) or null to turn it off")
         for name in ("drop_path", "attn_drop", "proj_drop", "mask_ratio"):
             check(0.0 <= getattr(self, name) < 1.0, f"model.{name}", "must be in [0, 1)")
+        patches = (self.image_size // self.patch_size) ** 2
+        # A ratio that masks no patch leaves mask_token without a gradient: DDP then fails.
+        check(self.mask_ratio == 0 or round(self.mask_ratio * patches) >= 1, "model.mask_ratio",
+              f"{self.mask_ratio} masks no patch of {patches}; use 0 (no masking) or at least "
+              f"{1 / patches:.4g}")
         check(self.num_classes >= 0, "model.num_classes", "must be >= 0")
         check(not self.labels or len(self.labels) == self.num_classes, "model.labels",
               f"has {len(self.labels)} names for {self.num_classes} classes")

@@ -111,6 +111,9 @@ def slurm_parameters(cluster: ClusterConfig, *, nodes: int, job_name: str,
         "job_name": job_name, "time": cluster.time_min, "nodes": nodes,
         "ntasks_per_node": cluster.tasks_per_node, "signal_delay_s": cluster.signal_delay_s,
         "setup": setup,
+        # One task failing (rank 0's checkpoint write, a full disk) ends the step: without it the
+        # other ranks wait in their next collective until the NCCL timeout.
+        "srun_args": ["--kill-on-bad-exit=1"],
     }
     optional = {"partition": cluster.partition, "account": cluster.account, "qos": cluster.qos,
                 "constraint": cluster.constraint, "cpus_per_task": cluster.cpus_per_task,

@@ -76,7 +76,7 @@ class FinetuneConfig:
     eval_batch: int = 256  # per device
     eval_crop_pct: float = 0.875  # L: 0.95
     eval_squash: bool = False  # L: true (square resize, as the release)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs with native bf16 (A100+), else fp32
     grad_checkpointing: bool = False
     seed: int = 0
     max_steps: int | None = None  # overrides epochs (demo and tests)

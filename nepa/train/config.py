@@ -73,7 +73,7 @@ class TrainConfig:
     epochs: int = 1600
     max_steps: int | None = None  # overrides epochs (demo and tests)
     seed: int = 1337
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs with native bf16 (A100+), else fp32
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # recompute activations: less memory, ~30% more compute
     nodes: int = 1

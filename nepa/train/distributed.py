@@ -46,8 +46,8 @@ def setup(expected_world_size: int, timeout_s: int) -> DistEnv:
         )
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -59,8 +59,27 @@ def setup(expected_world_size: int, timeout_s: int) -> DistEnv:
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
             rank=rank, world_size=world,
+            # Binds the group to this device: NCCL connects eagerly and barriers use it (without
+            # it a barrier guesses the device from the rank and can hang on a shared GPU).
+            device_id=device if device.type == "cuda" else None,
         )
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of this process among the `visible` ones.
+
+    Two layouts: every task of a node sees all its GPUs (torchrun, srun without GPU binding):
+    device `local_rank`; or each task sees only its own GPU (srun --gpu-bind, gpus_per_task,
+    one CUDA_VISIBLE_DEVICES entry per task): device 0 whatever the local rank.
+    """
+    if visible == 1:
+        return 0
+    if local_rank < visible:
+        return local_rank
+    raise LaunchError(
+        f"local rank {local_rank} but only {visible} GPUs are visible to this process; launch "
+        "one process per GPU (cluster.tasks_per_node = cluster.gpus_per_node)")
 
 
 def teardown() -> None:

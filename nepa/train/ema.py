@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -15,6 +17,7 @@ class EMA:
         self.cfg = cfg
         self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()
                        if v.dtype.is_floating_point}
+        self._sources: tuple[weakref.ref, list[torch.Tensor]] | None = None  # (model, its tensors)
 
     def decay_at(self, step: int) -> float:
         return min(self.cfg.decay, (1 + step) / (self.cfg.warmup_steps + step))
@@ -23,9 +26,17 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         """Blend in the model's current weights after optimizer step `step`."""
         weight = 1.0 - self.decay_at(step)
-        state = model.state_dict()
-        keys = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].float() for k in keys], weight)
+        torch._foreach_lerp_(list(self.shadow.values()), self._model_tensors(model), weight)
+
+    def _model_tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        """The model's tensors in shadow order, collected once: `state_dict()` walks every module
+        and builds a new dict, on every step. The tensors share storage with the parameters,
+        which the optimizer and `load_state_dict` update in place (moving the model to another
+        device after its first update is not supported)."""
+        if self._sources is None or self._sources[0]() is not model:
+            state = model.state_dict()
+            self._sources = (weakref.ref(model), [state[k] for k in self.shadow])
+        return [t if t.dtype == torch.float32 else t.float() for t in self._sources[1]]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

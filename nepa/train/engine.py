@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import clip_grad_norm_
+from torch.nn.utils import clip_grad_norm_, get_total_norm
 
 from nepa import checkpoint
 from nepa.train import distributed
@@ -63,9 +63,10 @@ class StepEngine:
         Collective: every rank calls it once per step. `step` (0-based) only labels the log.
         """
         local, outputs, data_time, skipped_images = self._accumulate(batches, forward)
-        loss = distributed.all_reduce_mean(local, self.env).item()  # the same on every rank
-        # Clipping at inf only measures the norm (the gradients are multiplied by exactly 1).
-        grad_norm = clip_grad_norm_(self.model.parameters(), self.clip_grad or math.inf).item()
+        loss_t = distributed.all_reduce_mean(local, self.env)  # the same on every rank
+        norm_t = self._grad_norm().to(loss_t.device)
+        # One device-to-host transfer for both (each .item() would wait for the GPU on its own).
+        loss, grad_norm = torch.stack([loss_t.float().reshape(()), norm_t.float()]).tolist()
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         if skipped:
             self.skipped_steps += 1
@@ -75,6 +76,17 @@ class StepEngine:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss, grad_norm, skipped, data_time, skipped_images, outputs)
+
+    def _grad_norm(self) -> torch.Tensor:
+        """Global gradient norm (a tensor on the gradients' device), clipped to `clip_grad` if set.
+
+        Without clipping the gradients are only measured, never rescaled. With clipping, a
+        non-finite norm scales them to NaN, which is harmless: that step is skipped and zeroed.
+        """
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.clip_grad:
+            return clip_grad_norm_(params, self.clip_grad)
+        return get_total_norm([p.grad for p in params])
 
     def _accumulate(self, batches: Iterator[dict], forward: Forward
                     ) -> tuple[torch.Tensor, Any, float, int]:
@@ -120,16 +132,43 @@ class StepEngine:
 
 
 def wrap_ddp(module: nn.Module, env: distributed.DistEnv) -> nn.Module | None:
-    """`module` in DistributedDataParallel when distributed, else None."""
+    """`module` in DistributedDataParallel when distributed, else None.
+
+    The device is the one `distributed.setup` bound (not the local rank: with one GPU per task
+    it is cuda:0 on every rank). The model's buffers (RoPE frequencies, the QK-norm ones) are
+    constants, so they are not re-broadcast before every forward; gradients are views into
+    DDP's buckets (no second copy of them).
+    """
     if not env.enabled:
         return None
-    ids = [env.local_rank] if env.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    ids = [env.device] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                               gradient_as_bucket_view=True)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True on GPUs with bf16 tensor cores (compute capability 8.0+: A100, H100, L40S, ...).
+
+    `torch.cuda.is_bf16_supported()` is also true on V100/T4, where bf16 is emulated and slower
+    than fp32.
+    """
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def autocast(precision: str, device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:
-    """(context, "bf16" or "fp32"); "auto" is bf16 on a GPU, fp32 on the CPU."""
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """(context, "bf16" or "fp32"); "auto" is bf16 on a GPU with native bf16, else fp32.
+
+    On CUDA it also lets fp32 matmuls and convolutions use TF32 tensor cores (Ampere and
+    later): the fp32 parts of a bf16 step, and every matmul of an fp32 run, which would
+    otherwise run at a fraction of the GPU's speed.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
+    if precision == "bf16" and device.type == "cuda" and not native_bf16(device):
+        log.warning("precision bf16 on %s: this GPU emulates bf16 (slower than fp32); use "
+                    "precision auto or fp32", torch.cuda.get_device_name(device))
     if bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16), "bf16"
     return contextlib.nullcontext(), "fp32"

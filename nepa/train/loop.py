@@ -280,7 +280,9 @@ class Trainer:
             log.error("non-finite loss persisted after %d rollback(s): run DIVERGED at step %d",
                       self.cfg.train.max_rollbacks, self.step)
         else:
-            if self.step not in self.ckpt.steps():
+            # Rank 0 decides: `save` is collective, so every rank must take the same branch.
+            if distributed.broadcast_object(self.env.is_main and self.step not in self.ckpt.steps(),
+                                            self.env):
                 saved = self.save()
             status = RunStatus.COMPLETED
         result = RunResult(status, self.step, self.total_steps, self._stop_reason, saved, seconds)

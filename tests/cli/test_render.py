@@ -33,6 +33,7 @@ def test_golden_rendered_config_and_sbatch_script(size, nodes):
     assert text == golden_config.read_text()
     assert script == golden_script.read_text()
     assert f"#SBATCH --nodes={nodes}" in script and "#SBATCH --signal=USR2@120" in script
+    assert "srun --unbuffered" in script and "--kill-on-bad-exit=1" in script  # a failed rank ends all
     assert rendered.run.train.world_size == nodes * 8
 
 

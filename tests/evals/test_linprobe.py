@@ -50,3 +50,54 @@ def test_features_are_the_final_normalised_tokens():
     assert torch.allclose(feats["mean"], final[:, 1:].mean(dim=1), atol=1e-5)
     assert torch.allclose(feats["last"], final[:, -1], atol=1e-5)
     assert feats["block0"].shape == (8, 128) and labels.tolist() == [0, 1] * 4
+
+
+class _OnDevice(torch.nn.Module):
+    """A model whose parameters live on `meta` (a GPU's stand-in): records where its inputs are,
+    then computes on the CPU copy so that features come back."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.cpu_model, self.blocks, self.seen = model, model.blocks, []
+        self.anchor = torch.nn.Parameter(torch.empty(1, device="meta"))
+
+    def parameters(self, recurse=True):
+        yield self.anchor
+
+    def get_intermediate_layers(self, images, indices, norm):
+        self.seen.append(images.device.type)
+        return self.cpu_model.get_intermediate_layers(torch.zeros(images.shape), indices, norm=norm)
+
+
+def test_features_are_extracted_on_the_model_device_with_loader_workers(monkeypatch):
+    import nepa.evals.linprobe as linprobe
+
+    loaders = []
+    real = linprobe.DataLoader
+    monkeypatch.setattr(linprobe, "DataLoader", lambda *a, **k: loaders.append(k) or real(*a, **k))
+    model = _OnDevice(build_model("tiny", depth=1).eval())
+    feats, labels = extract_features(model, Recording("x", 8, []), LinProbeConfig(batch_size=4),
+                                     num_workers=1)
+    assert model.seen == ["meta", "meta"]  # each batch moved to the model's device
+    assert loaders[0]["num_workers"] == 1 and labels.tolist() == [0, 1] * 4
+    assert {t.device.type for t in feats.values()} == {"cpu"} and feats["mean"].dtype == torch.float32
+
+
+def test_the_probe_job_loads_the_model_on_the_gpu_and_reads_with_the_data_workers(monkeypatch):
+    import nepa.data
+    import nepa.evals.linprobe as linprobe
+    import nepa.pretrained
+    from nepa.data import DataConfig
+    from nepa.evals.common import EvalControl
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = {}
+    monkeypatch.setattr(nepa.pretrained, "load_pretrained",
+                        lambda weights, ema=None, device="cpu": calls.setdefault("device", device))
+    monkeypatch.setattr(nepa.data, "build_dataset", lambda data, split, transform: split)
+    monkeypatch.setattr(linprobe, "linear_probe",
+                        lambda model, train, val, cfg, num_workers=0: calls.update(workers=num_workers) or [])
+    outcome = linprobe.run_linprobe("w", LinProbeConfig(), DataConfig(source="digits", num_workers=6),
+                                    "work", control=EvalControl())
+    assert outcome.status == "COMPLETED"
+    assert calls == {"device": torch.device("cuda"), "workers": 6}
