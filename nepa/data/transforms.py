@@ -22,7 +22,8 @@ class _TorchRandomCompose(T.Compose):
 
 
 def pretrain_transform(cfg: DataConfig) -> Callable:
-    """RandomResizedCrop (bilinear, as the release) + optional flip, to a normalised tensor."""
+    """RandomResizedCrop (scale `crop_scale`, default (0.08, 1.0); bilinear, as the release) +
+    optional flip, to a normalised tensor."""
     steps = [T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale),
                                  interpolation=T.InterpolationMode.BILINEAR)]
     if cfg.hflip:

@@ -52,7 +52,7 @@ class FinetuneConfig:
     eps: float = 1e-8
     weight_decay: float = 0.05  # not on biases, norms, LayerScale
     warmup_fraction: float = 0.2  # of total steps (L: 0.3)
-    clip_grad: float | None = None  # global grad-norm clip; null: off (as released)
+    clip_grad: float | None = 1.0  # global grad-norm clip (the release's trainer default); null: off
     layer_decay: float = 0.65  # lr factor per layer below the top (L: 0.75)
     # release: fixed decay, per-group warmup; dynamic: the paper's decay ramp 0.35 -> 1.0
     layer_decay_schedule: Schedule = "release"
@@ -62,6 +62,10 @@ class FinetuneConfig:
     drop_path: float = 0.1  # stochastic depth at the last block (L: 0.2)
     causal: bool = False  # attention during fine-tuning: bidirectional (the release) or causal
     freeze_embed: bool = True  # keep the patch embedding frozen (LayerScale otherwise hurts)
+    # QK-norm gain: true (the release's B and L fine-tune configs) adds a learnable gain,
+    # initialised to 1, where the pretrained model has none (B); null keeps the pretrained
+    # model's QK norm as it is.
+    qk_norm_affine: bool | None = True
     pool: Literal["mean", "last"] = "mean"  # mean of patch tokens -> fc_norm, or the last token
     pretrained_ema: bool | None = None  # null: the EMA weights of a nepa run when it holds them
     label_smoothing: float = 0.1
@@ -72,7 +76,7 @@ class FinetuneConfig:
     re_prob: float = 0.25  # random erasing probability (pixel mode)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (timm's default)
     hflip: float = 0.5  # horizontal flip probability (0 for data where a mirror changes the class)
-    ema: EMAConfig = field(default_factory=EMAConfig)  # best epoch chosen by EMA top-1
+    ema: EMAConfig = field(default_factory=EMAConfig)  # 0.9999, constant; best epoch by EMA top-1
     eval_batch: int = 256  # per device
     eval_crop_pct: float = 0.875  # L: 0.95
     eval_squash: bool = False  # L: true (square resize, as the release)

@@ -106,12 +106,12 @@ def test_feature_blocks_and_size_defaults_follow_the_depth():
     assert feature_blocks(cfg, 12) == (3, 5, 7, 11)  # B
     assert feature_blocks(cfg, 24) == (7, 11, 15, 23)  # L
     assert feature_blocks(cfg, 6) == (1, 2, 3, 5)  # tiny
-    assert (layer_decay(cfg, 12), layer_decay(cfg, 24)) == (0.65, 0.9)
+    assert (layer_decay(cfg, 12), layer_decay(cfg, 24)) == (0.65, 0.95)  # MAE-B, BEiT-L
     assert (drop_path(cfg, 12), drop_path(cfg, 24)) == (0.1, 0.2)
     large = build_mmseg_config(model_config("L"), cfg, None, "w")
     assert large["model"]["backbone"]["out_indices"] == [7, 11, 15, 23]
     assert large["model"]["decode_head"]["in_channels"] == [1024] * 4
-    assert large["optim_wrapper"]["paramwise_cfg"]["layer_decay_rate"] == 0.9
+    assert large["optim_wrapper"]["paramwise_cfg"]["layer_decay_rate"] == 0.95
     assert large["model"]["backbone"]["model"]["causal"] is False
 
 
