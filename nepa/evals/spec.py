@@ -15,7 +15,7 @@ import yaml
 from nepa.config import ConfigError, check, from_dict, to_dict
 from nepa.data.config import DataConfig
 from nepa.evals.config import ClassifyConfig, FinetuneConfig, LinProbeConfig
-from nepa.evals.segmentation.config import SegmentationConfig
+from nepa.evals.segmentation.config import GENERATED_ADE, SegmentationConfig
 from nepa.paths import resolve_fields, store_fields
 
 SPEC_FILE = "eval.yaml"
@@ -84,6 +84,8 @@ def recipe_name(spec: EvalSpec) -> str | None:
         return spec.linprobe.name
     if spec.task == "ade20k":
         seg = spec.segmentation
+        if seg.data_root == GENERATED_ADE:
+            return "UPerNet, demo schedule"
         if (seg.lr, seg.layer_decay) == (2e-5, 0.95):
             return "UPerNet, BEiT-L recipe"
         if seg.lr == 1e-4 and seg.layer_decay in (None, 0.65):
