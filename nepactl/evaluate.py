@@ -134,7 +134,7 @@ def render_spec(*, task: str, size: str, weights: str, seed: int, random_init: b
         check_keys(EvalSpec, layer, source=source)
         merged = deep_merge(merged, layer)
     demo = size == "tiny" or merged.get("data", {}).get("source", DataConfig.source) == "digits"
-    if demo and task == "linprobe" and "protocol" not in merged.get("linprobe", {}):
+    if demo and "protocol" not in merged.get("linprobe", {}):
         merged = deep_merge(merged, {"linprobe": {"protocol": "fast"}})  # the demo's probe, unless chosen
     spec = from_dict(EvalSpec, merged)
     if task == "ade20k":
