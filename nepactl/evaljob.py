@@ -63,6 +63,7 @@ def write_eval_result(eval_dir: Path, spec: Any, outcome: Any, weights: Any, *, 
     from dataclasses import asdict
 
     from nepa.evals.results import RESULT_FILE, make_result, write_result
+    from nepa.evals.spec import recipe_name
 
     info = runs.read_json(eval_dir / runs.RUN_INFO) or {}
     metrics = [{"metric": m.name, "value": float(m.value), "weights": m.weights, "split": m.split,
@@ -72,5 +73,5 @@ def write_eval_result(eval_dir: Path, spec: Any, outcome: Any, weights: Any, *, 
     doc = make_result(run=info.get("run", eval_dir.parent.parent.name), task=spec.task, seed=spec.seed,
                       protocol=spec.protocol, checkpoint=checkpoint, metrics=metrics,
                       curves=outcome.curves, extra={"size": info.get("size"), "seconds": seconds,
-                                                    "steps": outcome.step})
+                                                    "steps": outcome.step, "recipe": recipe_name(spec)})
     return write_result(eval_dir / RESULT_FILE, doc)

@@ -111,7 +111,11 @@ def task_cluster(cluster: ClusterConfig, task: str) -> ClusterConfig:
 def render_spec(*, task: str, size: str, weights: str, seed: int, random_init: bool,
                 run_data: dict | None, files: tuple[Path, ...] = (), sets: tuple[str, ...] = (),
                 templates: Path = TEMPLATES) -> tuple[Any, list[str]]:
-    """defaults < the run's data < templates/evals/TASK.yaml < TASK-SIZE.yaml < files < --set."""
+    """defaults < the run's data < templates/evals/TASK.yaml < TASK-SIZE.yaml < files < --set.
+
+    Demo data (tiny size or digits) gets the fast linear probe unless a layer names a protocol.
+    """
+    from nepa.data.config import DataConfig
     from nepa.evals.spec import EvalSpec
 
     layers: list[tuple[str, dict]] = []
@@ -129,8 +133,10 @@ def render_spec(*, task: str, size: str, weights: str, seed: int, random_init: b
         layer = {k: v for k, v in layer.items() if k != "cluster"}
         check_keys(EvalSpec, layer, source=source)
         merged = deep_merge(merged, layer)
+    demo = size == "tiny" or merged.get("data", {}).get("source", DataConfig.source) == "digits"
+    if demo and "protocol" not in merged.get("linprobe", {}):
+        merged = deep_merge(merged, {"linprobe": {"protocol": "fast"}})  # the demo's probe, unless chosen
     spec = from_dict(EvalSpec, merged)
-    demo = size == "tiny" or spec.data.source == "digits"
     if task == "ade20k":
         from nepa.evals.segmentation.config import GENERATED_ADE
 

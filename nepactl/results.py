@@ -32,7 +32,7 @@ class ResultRow:
     task: str
     metric: str
     weights: str  # "raw", "ema", "frozen", "random init", "paper"
-    protocol: str  # "paper", "demo", "reference"
+    protocol: str  # "paper", "demo" (+ ": recipe name", e.g. "demo: fast probe ..."), "reference"
     value: float | None  # mean over seeds
     std: float | None
     seeds: int
@@ -51,6 +51,12 @@ def metric_label(metric: dict) -> str:
     detail = metric.get("detail") or {}
     tags = [str(detail[k]) for k in ("feature", "selected") if k in detail]
     return f"{metric['metric']} ({', '.join(tags)})" if tags else metric["metric"]
+
+
+def protocol_label(doc: dict, metric: dict) -> str:
+    """'paper' or 'demo', with the named recipe where the release has none (probe, ADE20K)."""
+    recipe = doc.get("recipe") or (metric.get("detail") or {}).get("protocol")
+    return f"{doc['protocol']}: {recipe}" if recipe else doc["protocol"]
 
 
 def _eval_states(run_dir: Path) -> dict[str, str]:
@@ -72,7 +78,7 @@ def _done_rows(run_dir: Path, info: dict, results: list[dict]) -> list[ResultRow
             weights = metric["weights"]
             if random:  # raw and EMA of a random-init fine-tune stay apart
                 weights = "random init" + ("" if weights == "frozen" else f" ({weights})")
-            key = (doc["task"], metric_label(metric), weights, doc["protocol"])
+            key = (doc["task"], metric_label(metric), weights, protocol_label(doc, metric))
             groups.setdefault(key, []).append((float(metric["value"]), doc))
     rows = []
     for (task, label, weights, protocol), values in sorted(groups.items()):
@@ -186,8 +192,11 @@ def summary_table(rows: list[ResultRow], title: str):
                Column("random", "random init", cell=lambda r: _seeded(r.random), right=True),
                Column("gap", cell=lambda r: "" if r.gap is None else f"{r.gap:+.1f}", right=True),
                Column("paper", "paper B / L", cell=paper, right=True))
+    probes = sorted({r.protocol.partition(": ")[2] for line in lines for r in (line.nepa, line.random)
+                     if r is not None and r.task == "linprobe" and ": " in r.protocol})
     return rich_table(lines, columns, title, box=box.SIMPLE_HEAD, caption="mean ± std over seeds (n); "
-                      "paper: ViT-B / ViT-L on ImageNet-1K and ADE20K")
+                      "paper: ViT-B / ViT-L on ImageNet-1K and ADE20K"
+                      + "".join(f"; probe: {name}" for name in probes))
 
 
 def describe(task: str, metric: str) -> str:

@@ -27,6 +27,7 @@ _PUBLIC = {
     "ShardStream": "nepa.data.wds",
     "build_train_stream": "nepa.data.wds",
     "pretrain_transform": "nepa.data.transforms",
+    "probe_transform": "nepa.data.transforms",
     "finetune_transform": "nepa.data.transforms",
     "eval_transform": "nepa.data.transforms",
     "build_mixup": "nepa.data.transforms",

@@ -44,7 +44,9 @@ class DataConfig:
     image_column: str | None = None
     label_column: str | None = None  # hf: label column; wds: label key. Null: "label" / "cls"
     image_size: int | None = None  # crop size in pixels; null: 32 for digits, else 224
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # pretraining RandomResizedCrop area range
+    # Pretraining RandomResizedCrop area range; torchvision's default, as the release's
+    # RandomResizedCrop(224) (the tiny demo keeps [0.2, 1.0]: templates/sizes/tiny.yaml).
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True  # pretraining: random horizontal flip
     num_workers: int = 8  # DataLoader worker processes per rank; 0: load in the main process
     shuffle_buffer: int = 1000  # wds: samples held per reader for shuffling; 0: shard order only
@@ -62,7 +64,7 @@ class DataConfig:
         check(self.image_size >= 1, "data.image_size", "must be a positive number of pixels")
         low, high = self.crop_scale
         check(0 < low <= high <= 1, "data.crop_scale",
-              f"{list(self.crop_scale)} must satisfy 0 < low <= high <= 1, e.g. [0.2, 1.0]")
+              f"{list(self.crop_scale)} must satisfy 0 < low <= high <= 1, e.g. [0.08, 1.0]")
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0 (0: main process)")
         check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0 (0: no buffer)")
         check(self.train_split != self.val_split, "data.val_split",

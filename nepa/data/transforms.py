@@ -1,6 +1,6 @@
-"""Image transforms: the release's pretraining augmentation, timm's fine-tuning recipe,
-evaluation resize + centre crop, and timm's Mixup/CutMix. All normalise with mean = std = 0.5
-per channel (pixels to [-1, 1]), as the release does."""
+"""Image transforms: the release's pretraining augmentation, MAE's linear-probe augmentation,
+timm's fine-tuning recipe, evaluation resize + centre crop, and timm's Mixup/CutMix. All
+normalise with mean = std = 0.5 per channel (pixels to [-1, 1]), as the release does."""
 
 from __future__ import annotations
 
@@ -22,12 +22,20 @@ class _TorchRandomCompose(T.Compose):
 
 
 def pretrain_transform(cfg: DataConfig) -> Callable:
-    """RandomResizedCrop (bilinear, as the release) + optional flip, to a normalised tensor."""
+    """RandomResizedCrop (scale `crop_scale`, default (0.08, 1.0); bilinear, as the release) +
+    optional flip, to a normalised tensor."""
     steps = [T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale),
                                  interpolation=T.InterpolationMode.BILINEAR)]
     if cfg.hflip:
         steps.append(T.RandomHorizontalFlip())
     return _TorchRandomCompose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def probe_transform(image_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> Callable:
+    """MAE's linear-probe training augmentation: RandomResizedCrop (bicubic) + flip."""
+    return _TorchRandomCompose([
+        T.RandomResizedCrop(image_size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def finetune_transform(cfg: DataConfig, *, auto_augment: str | None = "rand-m9-mstd0.5-inc1",

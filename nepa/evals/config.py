@@ -15,26 +15,66 @@ Schedule = Literal["release", "dynamic"]
 Ramp = Literal["linear", "cosine"]
 
 
+ProbeProtocol = Literal["mae", "fast"]
+# The name every probe number is reported with (result files, `nepactl results`).
+PROBE_PROTOCOLS = {"mae": "MAE linear probe (LARS, BN)", "fast": "fast probe (AdamW, standardised)"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class LinProbeConfig:
-    """Linear probe on frozen features (the MAE protocol, see nepa.evals.linprobe)."""
+    """Linear probe on frozen features (see nepa.evals.linprobe). The release ships none.
 
+    protocol "mae": the MAE protocol (main_linprobe.py), the paper-scale default: final-normalised
+    features -> BatchNorm1d without affine -> Linear, LARS at blr 0.1 x batch/256 (batch 16384),
+    10 warm-up epochs then cosine, 90 epochs, RandomResizedCrop + flip, evaluated 256 -> 224.
+    protocol "fast": cached features of the eval transform, standardised, an AdamW head whose lr
+    is chosen on held-out train (the demo's probe: seconds on a CPU).
+    """
+
+    protocol: ProbeProtocol = "mae"
     features: tuple[str, ...] = ("mean", "last")  # mean of patch tokens, last token
     blocks: tuple[int, ...] = ()  # also probe these blocks' outputs (mean of patch tokens)
-    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1)  # AdamW lr, chosen on held-out train
-    epochs: int = 100  # over the cached features, cosine schedule
-    weight_decay: float = 0.0
-    holdout_fraction: float = 0.2  # of train, for choosing C
-    batch_size: int = 256  # feature extraction
-    head_batch: int = 1024  # probe training on cached features
+    epochs: int | None = None  # null: 90 (mae, MAE's B recipe) or 100 (fast, over cached features)
+    weight_decay: float = 0.0  # MAE: 0
+    batch_size: int = 256  # images per forward of the frozen backbone
     seed: int = 0
-    crop_pct: float = 0.875  # eval transform: resize to size / crop_pct, centre crop
+    crop_pct: float = 0.875  # eval transform: resize to size / crop_pct, centre crop (256 -> 224)
+    # mae: LARS on the head, one step per global batch (features of batch_size forwards).
+    global_batch: int = 16384  # images per LARS step (MAE: 16384)
+    blr: float = 0.1  # lr = blr x global_batch / 256
+    warmup_epochs: int = 10  # linear warm-up, then cosine to 0
+    momentum: float = 0.9  # LARS
+    trust_coefficient: float = 0.001  # LARS; weight decay and trust ratio skip 1-D parameters
+    train_crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop (bicubic) + flip
+    # fast: AdamW on cached standardised features, lr chosen on held-out train.
+    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1)  # AdamW lr, chosen on held-out train
+    holdout_fraction: float = 0.2  # of train, for choosing the lr
+    head_batch: int = 1024  # probe training on cached features
 
     def __post_init__(self) -> None:
+        if self.epochs is None:  # resolved once: the written spec states the value used
+            object.__setattr__(self, "epochs", 90 if self.protocol == "mae" else 100)
+        check(self.epochs >= 1, "linprobe.epochs", "must be >= 1")
         check(0 < self.crop_pct <= 1, "linprobe.crop_pct", "must be in (0, 1]")
         check(0 < self.holdout_fraction < 1, "linprobe.holdout_fraction", "must be in (0, 1)")
         check(all(f in ("mean", "last") for f in self.features), "linprobe.features",
               "each must be 'mean' or 'last'")
+        for name in ("batch_size", "global_batch", "head_batch"):
+            check(getattr(self, name) >= 1, f"linprobe.{name}", "must be >= 1")
+        check(self.blr > 0, "linprobe.blr", "must be > 0")
+        check(0 <= self.warmup_epochs < self.epochs or self.protocol == "fast",
+              "linprobe.warmup_epochs", f"must be in [0, epochs={self.epochs})")
+        check(0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1,
+              "linprobe.train_crop_scale", "expected [low, high] with 0 < low <= high <= 1")
+
+    @property
+    def name(self) -> str:
+        return PROBE_PROTOCOLS[self.protocol]
+
+    @property
+    def peak_lr(self) -> float:
+        """mae: blr x global_batch / 256."""
+        return self.blr * self.global_batch / 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +92,7 @@ class FinetuneConfig:
     eps: float = 1e-8
     weight_decay: float = 0.05  # not on biases, norms, LayerScale
     warmup_fraction: float = 0.2  # of total steps (L: 0.3)
-    clip_grad: float | None = None  # global grad-norm clip; null: off (as released)
+    clip_grad: float | None = 1.0  # global grad-norm clip (the release's trainer default); null: off
     layer_decay: float = 0.65  # lr factor per layer below the top (L: 0.75)
     # release: fixed decay, per-group warmup; dynamic: the paper's decay ramp 0.35 -> 1.0
     layer_decay_schedule: Schedule = "release"
@@ -62,6 +102,10 @@ class FinetuneConfig:
     drop_path: float = 0.1  # stochastic depth at the last block (L: 0.2)
     causal: bool = False  # attention during fine-tuning: bidirectional (the release) or causal
     freeze_embed: bool = True  # keep the patch embedding frozen (LayerScale otherwise hurts)
+    # QK-norm gain: true (the release's B and L fine-tune configs) adds a learnable gain,
+    # initialised to 1, where the pretrained model has none (B); null keeps the pretrained
+    # model's QK norm as it is.
+    qk_norm_affine: bool | None = True
     pool: Literal["mean", "last"] = "mean"  # mean of patch tokens -> fc_norm, or the last token
     pretrained_ema: bool | None = None  # null: the EMA weights of a nepa run when it holds them
     label_smoothing: float = 0.1
@@ -72,7 +116,7 @@ class FinetuneConfig:
     re_prob: float = 0.25  # random erasing probability (pixel mode)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (timm's default)
     hflip: float = 0.5  # horizontal flip probability (0 for data where a mirror changes the class)
-    ema: EMAConfig = field(default_factory=EMAConfig)  # best epoch chosen by EMA top-1
+    ema: EMAConfig = field(default_factory=EMAConfig)  # 0.9999, constant; best epoch by EMA top-1
     eval_batch: int = 256  # per device
     eval_crop_pct: float = 0.875  # L: 0.95
     eval_squash: bool = False  # L: true (square resize, as the release)

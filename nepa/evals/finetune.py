@@ -54,13 +54,21 @@ BEST_FILE = "best.pt"
 
 def build_classifier(weights: str | Path, cfg: FinetuneConfig, num_classes: int,
                      labels: Sequence[str] = ()) -> NepaViT:
-    """The pretrained backbone with the fine-tuning attention and drop path, a zero-initialised
-    head (as the release) and the patch embedding frozen when `freeze_embed`."""
+    """The pretrained backbone with the fine-tuning attention, drop path and QK-norm gain, a
+    zero-initialised head (as the release) and the patch embedding frozen when `freeze_embed`."""
     from nepa.pretrained import read_weights
 
     model_cfg, state = read_weights(weights, ema=cfg.pretrained_ema)
-    model = NepaViT(dataclasses.replace(model_cfg, causal=cfg.causal, drop_path=cfg.drop_path))
-    model.load_state_dict(state, strict=True)
+    affine = model_cfg.qk_norm_affine if cfg.qk_norm_affine is None else cfg.qk_norm_affine
+    check(affine or not model_cfg.qk_norm_affine, "finetune.qk_norm_affine",
+          "the pretrained model has a learned QK-norm gain; set true or null to keep it")
+    model = NepaViT(dataclasses.replace(model_cfg, causal=cfg.causal, drop_path=cfg.drop_path,
+                                        qk_norm_affine=affine))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    added = [k for k in missing if k.endswith(("q_norm.weight", "k_norm.weight"))]
+    if unexpected or len(added) != len(missing) or (added and model_cfg.qk_norm_affine):
+        raise KeyError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    # A gain added to a plain QK norm starts at 1 (nn.LayerNorm's init): the same function.
     model.reset_classifier(num_classes, cfg.pool, labels)
     model.patch_embed.requires_grad_(not cfg.freeze_embed)
     if model.mask_token is not None:  # pretraining input masking: unused by classification

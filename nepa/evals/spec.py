@@ -15,7 +15,7 @@ import yaml
 from nepa.config import ConfigError, check, from_dict, load_yaml, to_dict
 from nepa.data.config import DataConfig
 from nepa.evals.config import ClassifyConfig, FinetuneConfig, LinProbeConfig
-from nepa.evals.segmentation.config import SegmentationConfig
+from nepa.evals.segmentation.config import GENERATED_ADE, SegmentationConfig
 from nepa.paths import resolve_fields, store_fields
 
 SPEC_FILE = "eval.yaml"
@@ -75,3 +75,20 @@ def dump_spec(spec: EvalSpec, *, holder: str | Path | None = None, runs_root: st
 
 def spec_from_dict(data: dict[str, Any], source: str | None = None) -> EvalSpec:
     return from_dict(EvalSpec, data, source=source)
+
+
+def recipe_name(spec: EvalSpec) -> str | None:
+    """The named source of a recipe the release is silent on (the probe, ADE20K), reported
+    next to its numbers; None for the release's own recipes (fine-tuning, validation)."""
+    if spec.task == "linprobe":
+        return spec.linprobe.name
+    if spec.task == "ade20k":
+        seg = spec.segmentation
+        if seg.data_root == GENERATED_ADE:
+            return "UPerNet, demo schedule"
+        if (seg.lr, seg.layer_decay) == (2e-5, 0.95):
+            return "UPerNet, BEiT-L recipe"
+        if seg.lr == 1e-4 and seg.layer_decay in (None, 0.65):
+            return "UPerNet, MAE-B recipe"
+        return "UPerNet, own lr / layer decay"
+    return None

@@ -36,13 +36,14 @@ class EMAConfig:
 
     enabled: bool = True
     decay: float = 0.9999
-    # Warm-up: decay_t = min(decay, (1 + t) / (warmup_steps + t)), so short runs do not
-    # evaluate weights that are still near their initialisation.
-    warmup_steps: int = 10
+    # Warm-up of the decay: decay_t = min(decay, (1 + t) / (warmup_steps + t)), so short runs
+    # do not evaluate weights still near their initialisation. 0: the constant decay from the
+    # first step, as the release (the S/B/L/H recipes); the tiny demo recipes warm up over 10.
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         check(0.0 <= self.decay < 1.0, "ema.decay", "must be in [0, 1)")
-        check(self.warmup_steps >= 1, "ema.warmup_steps", "must be >= 1")
+        check(self.warmup_steps >= 0, "ema.warmup_steps", "must be >= 0 (0: constant decay)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""EMA of the weights in float32, with a warm-up of the decay."""
+"""EMA of the weights in float32: the release's constant decay, or a warm-up of the decay."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class EMA:
         self._sources: tuple[weakref.ref, list[torch.Tensor]] | None = None  # (model, its tensors)
 
     def decay_at(self, step: int) -> float:
+        if self.cfg.warmup_steps == 0:
+            return self.cfg.decay  # constant from the first step (the release)
         return min(self.cfg.decay, (1 + step) / (self.cfg.warmup_steps + step))
 
     @torch.no_grad()

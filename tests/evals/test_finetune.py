@@ -89,6 +89,27 @@ def test_classifier_starts_at_zero_on_the_pretrained_backbone(pretrained):
     assert model.cls_token.requires_grad and model.head.weight.requires_grad
 
 
+def test_a_qk_norm_gain_is_added_at_one_as_the_release_does_for_b(pretrained):
+    """The release's B fine-tune config learns a QK-norm gain its pretraining lacks."""
+    path, _ = pretrained
+    images = torch.randn(2, 3, 32, 32)
+    outputs = {}
+    for affine in (None, True):
+        model = build_classifier(path, FinetuneConfig(qk_norm_affine=affine), 10).eval()
+        gains = [p for n, p in model.named_parameters() if n.endswith(("q_norm.weight", "k_norm.weight"))]
+        assert len(gains) == (0 if affine is None else 2 * 2)  # 2 blocks x (q, k)
+        assert all(torch.equal(g, torch.ones_like(g)) and g.requires_grad for g in gains)
+        with torch.no_grad():
+            outputs[affine] = model.forward_features(images)
+    torch.testing.assert_close(outputs[None], outputs[True])  # a gain of 1 changes nothing
+    assert build_classifier(path, CFG, 10).cfg.qk_norm_affine is True  # the default
+    gained = path.with_name("gained.pt")
+    model = build_classifier(path, CFG, 10)
+    checkpoint.save(gained, checkpoint.model_payload(model.cfg, model.state_dict()))
+    with pytest.raises(ConfigError, match="finetune.qk_norm_affine"):
+        build_classifier(gained, FinetuneConfig(qk_norm_affine=False), 10)
+
+
 def test_training_moves_everything_but_the_frozen_patch_embedding(reference, pretrained):
     _, work, _ = reference
     _, state = pretrained

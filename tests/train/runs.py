@@ -26,7 +26,7 @@ def tiny_config(**sections) -> RunConfig:
         model=model_config("tiny", depth=2),
         data=DataConfig(source="digits", num_workers=0),
         optim=OptimConfig(blr=1e-3, warmup_steps=2),
-        ema=EMAConfig(decay=0.99),
+        ema=EMAConfig(decay=0.99, warmup_steps=10),
         checkpoint=CheckpointConfig(every_steps=2, keep_last=3),
         train=TrainConfig(global_batch=32, micro_batch=8, max_steps=8, seed=7),
     )

@@ -41,7 +41,7 @@ class NepaBackbone(BaseModule):
     """Bidirectional NepaViT returning the outputs of `out_indices` as (B, D, H/p, W/p) maps."""
 
     def __init__(self, model: dict[str, Any], weights: str | None = None, ema: bool | None = None,
-                 out_indices: Sequence[int] = (3, 5, 7, 11), feature_norm: bool = True,
+                 out_indices: Sequence[int] = (3, 5, 7, 11), feature_norm: bool = False,
                  init_cfg: dict | None = None):
         super().__init__(init_cfg=init_cfg)
         cfg = from_dict(ModelConfig, {**model, "causal": False}, path="model.backbone.model")
@@ -49,6 +49,8 @@ class NepaBackbone(BaseModule):
         self.weights, self.ema = weights, ema
         self.out_indices = tuple(out_indices)
         self.feature_norm = feature_norm
+        # Untapped, the final norm gets no gradient: frozen, so DDP finds no unused parameter.
+        self.vit.norm.requires_grad_(feature_norm)
 
     def init_weights(self) -> None:
         """Load the nepa weights (strict; a classifier head or mask token is dropped)."""

@@ -5,9 +5,11 @@ cheaply. The rendered dict is what mmengine's Runner gets; its default for size 
 by a golden file (tests/evals/golden/segmentation_B.json), so recipe changes are deliberate.
 
 Defaults are the MAE/BEiT ADE20K UPerNet recipe (mmseg `mae-base_upernet_8xb2-amp-160k`):
-160k iterations at a global batch of 16, AdamW lr 1e-4, weight decay 0.05, layer decay 0.65
-(B) / 0.9 (L), linear warm-up for 1,500 iterations then poly decay (power 1) to 0,
-512x512 crops, slide inference with 2/3 overlap.
+160k iterations at a global batch of 16, AdamW lr 1e-4, weight decay 0.05, layer decay 0.65,
+drop path 0.1, linear warm-up for 1,500 iterations then poly decay (power 1) to 0, 512x512
+crops, slide inference with 2/3 overlap, tapped blocks without an extra norm. For L the only
+published large-ViT recipe of this kind is BEiT-L's (templates/evals/ade20k-L.yaml): lr 2e-5,
+layer decay 0.95, drop path 0.2, taps 7, 11, 15, 23.
 
 Patch 14: 512 is not a multiple of 14. Crops stay 512 (the recipe's augmentation and the
 published protocol), and the data preprocessor pads each crop at the bottom/right to the next
@@ -44,10 +46,13 @@ class SegmentationConfig:
     batch_size: int = 16  # global batch (split over processes)
     lr: float = 1e-4  # AdamW base lr (the neck, heads and final norm get it unscaled)
     weight_decay: float = 0.05  # not applied to norms, biases, LayerScale, cls/mask tokens
-    layer_decay: float | None = None  # lr x decay^(depth - i) for block i; None: 0.65 (<= 12 blocks), 0.9
+    # lr x decay^(depth - i) for block i; None: 0.65 (<= 12 blocks, MAE-B), 0.95 (BEiT-L)
+    layer_decay: float | None = None
     warmup_iters: int = 1500  # linear warm-up from 1e-6 x lr, then poly (power 1) to 0
     feature_blocks: tuple[int, ...] | None = None  # 4 blocks to tap; None: depth/3-1, /2-1, 2/3-1, -1
-    feature_norm: bool = True  # apply the (trainable) final LayerNorm to every tapped block
+    # Apply the (trainable) final LayerNorm to every tapped block; the MAE/BEiT backbones the
+    # protocol comes from tap the raw block outputs (false).
+    feature_norm: bool = False
     drop_path: float | None = None  # stochastic depth of the last block; None: 0.1 (<= 12 blocks), 0.2
     decode_channels: int | None = None  # UPerHead width; None: the model width (MAE: 768 for B)
     aux_channels: int = 256  # FCN auxiliary head width (loss weight 0.4)
@@ -98,10 +103,10 @@ def feature_blocks(cfg: SegmentationConfig, depth: int) -> tuple[int, ...]:
 
 
 def layer_decay(cfg: SegmentationConfig, depth: int) -> float:
-    """BEiT/MAE: 0.65 for Base-deep models, 0.9 for Large (24 blocks and deeper)."""
+    """MAE-B's 0.65 up to 12 blocks, BEiT-L's 0.95 for deeper models."""
     if cfg.layer_decay is not None:
         return cfg.layer_decay
-    return 0.65 if depth <= 12 else 0.9
+    return 0.65 if depth <= 12 else 0.95
 
 
 def drop_path(cfg: SegmentationConfig, depth: int) -> float:
