@@ -18,6 +18,7 @@ import yaml
 
 from nepa import rundir
 from nepa.config import ConfigError, check_keys, deep_merge, from_dict, parse_names, to_dict
+from nepa.evals.spec import SPEC_FILE, TASKS, EvalSpec, dump_spec
 from nepa.paths import store_path
 from nepactl import runs
 from nepactl.cluster import ClusterConfig
@@ -32,7 +33,7 @@ DEFAULT_TASKS = ("finetune", "linprobe", "ade20k")
 @dataclass(frozen=True)
 class PlannedEval:
     name: str  # directory name under RUN/evals
-    spec: Any  # nepa.evals.spec.EvalSpec
+    spec: EvalSpec
     action: str  # "submit", "resume", "redo (failed)", "skip (done)", "skip (running)"
     dependency: str | None = None  # SLURM job id the evaluation waits for (afterok)
     layers: tuple[str, ...] = ()
@@ -47,8 +48,6 @@ class EvalPlan:
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
-    from nepa.evals.spec import TASKS
-
     return parse_names(text, TASKS, flag="--tasks", kind="task", example="linprobe")
 
 
@@ -116,8 +115,6 @@ def render_spec(*, task: str, size: str, weights: str, seed: int, random_init: b
     Demo data (tiny size or digits) gets the fast linear probe unless a layer names a protocol.
     """
     from nepa.data.config import DataConfig
-    from nepa.evals.spec import EvalSpec
-
     layers: list[tuple[str, dict]] = []
     if run_data:
         layers.append(("the pretraining run's data", {"data": run_data}))
@@ -262,8 +259,6 @@ def _ensure_target(plan: EvalPlan, weights: str) -> None:
 
 
 def _fill_eval(staging: Path, plan: EvalPlan, planned: PlannedEval) -> None:
-    from nepa.evals.spec import SPEC_FILE, dump_spec
-
     (staging / SPEC_FILE).write_text(dump_spec(planned.spec, holder=plan.target / EVALS_DIR / planned.name,
                                                runs_root=plan.target.parent))
     cluster = task_cluster(plan.cluster, planned.spec.task)
