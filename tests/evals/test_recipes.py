@@ -147,7 +147,8 @@ def rendered(paper_data) -> dict[tuple[str, str], dict]:
     """{(task, size): the rendered document} for B and L."""
     docs = {}
     for size in ("B", "L"):
-        docs["pretrain", size] = render(size=size, cluster="slurm", nodes=1).spec()
+        docs["pretrain", size] = render(size=size, cluster="slurm", nodes=1, gpus_per_node=8,
+                                        data=str(paper_data)).spec()
         for task in ("finetune", "imagenet-val", "linprobe", "ade20k"):
             spec, _ = render_spec(task=task, size=size, weights="w.pt", seed=0, random_init=False,
                                   run_data={"source": "imagefolder", "path": str(paper_data)},
@@ -171,8 +172,8 @@ def test_rendered_recipe_matches_its_source(rendered, task, size, key, value, so
         f"{task} {size} {key} = {got!r}, but {source} says {value!r}")
 
 
-def test_derived_pretraining_lr_follows_the_release_rule():
-    run = render(size="B", cluster="slurm", nodes=1).run
+def test_derived_pretraining_lr_follows_the_release_rule(paper_data):
+    run = render(size="B", cluster="slurm", nodes=1, gpus_per_node=8, data=str(paper_data)).run
     assert base_lr(run.optim, run.train.global_batch) == pytest.approx(4.8e-3)  # 3e-4 x 4096 / 256
 
 
