@@ -64,9 +64,11 @@ def test_requeue_limits_count_preemptions_and_timeouts_separately(tmp_path):
     assert requeue_limit_reached(tmp_path, "preemption") is None
     assert requeue_limit_reached(tmp_path, "timeout") is None
     runs.append_ledger(tmp_path, "requeue", cause="preemption")
-    assert requeue_limit_reached(tmp_path, "preemption") == "3 preemptions exceed cluster.max_preemptions=2"
+    assert requeue_limit_reached(tmp_path, "preemption").startswith(
+        "3 preemptions since the last submission exceed cluster.max_preemptions=2; nepactl resume "
+        "--max-preemptions N")
     runs.append_ledger(tmp_path, "requeue", cause="timeout")
-    assert "2 timeouts exceed" in requeue_limit_reached(tmp_path, "timeout")
+    assert "2 timeouts since the last submission exceed" in requeue_limit_reached(tmp_path, "timeout")
 
 
 def test_stop_cause_comes_from_slurm_time_left(monkeypatch):
