@@ -295,10 +295,11 @@ def test_cancel_ends_the_job_and_its_dependent_jobs(slurm_cluster, monkeypatch, 
     _wait(root, "stop", lambda r: r["state"] == "RUNNING" and r["step"] >= 3, timeout=60)
     # evaluating a running SLURM run chains the evaluation on it (afterok)
     result = runner.invoke(app, ["eval", "stop", "--tasks", "linprobe", "--cluster", str(profile),
-                                 "--runs-root", str(root)])
+                                 "--format", "json", "--runs-root", str(root)])
     assert result.exit_code == 0, result.output
     (dependent,) = [e["job_id"] for e in _ledger(run) if e["event"] == "eval_submit"]
-    assert "stop/linprobe-final-seed0" in result.stdout and f"job {dependent}" in result.stdout
+    (listed,) = json.loads(result.stdout)
+    assert (listed["run"], listed["evaluation"], listed["job_id"]) == ("stop", "linprobe-final-seed0", dependent)
     info = slurm_cluster.scontrol_show_job(dependent)
     assert info["JobState"] == "PENDING" and f"afterok:{job_id}" in info.get("Dependency", ""), info
 
