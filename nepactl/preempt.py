@@ -161,10 +161,7 @@ class PreemptibleJob(submitit.helpers.Checkpointable):
 def check_device(directory: Path) -> None:
     """Fail at once, in one line, when the job was given GPUs it cannot use (a wrong module, a
     CPU-only torch, a container without --nv); `cluster.device: cpu` hides them on purpose."""
-    import yaml
-
-    path = directory / "cluster.yaml"
-    cluster = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    cluster = runs.read_yaml_mapping(directory / "cluster.yaml")
     if cluster.get("device") == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA
         return

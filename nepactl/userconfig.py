@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from nepa.config import ConfigError, unknown_key
+from nepa.config import ConfigError, load_yaml, unknown_key
 
 CLUSTER_ENV = "NEPA_CLUSTER"  # a profile name or a YAML file
 DATA_ENV = "NEPA_DATA"  # a dataset directory (image folder, HF dataset or shards)
@@ -31,15 +31,13 @@ def config_file() -> Path:
 def read() -> dict[str, Any]:
     """The file's sections ({} without a file); an unknown section is an error naming the file."""
     path = config_file()
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    if not path.is_file():
         return {}
+    try:
+        data = load_yaml(path.read_text(), str(path)) or {}  # bounded, as every YAML we read
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)}); fix it or "
                           "write it again with: nepactl cluster init --force") from None
-    if data is None:
-        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected the sections {', '.join(SECTIONS)}")
     for key in data:
