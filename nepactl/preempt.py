@@ -14,6 +14,7 @@ Every ending, a failure included, leaves an `end` record in the ledger.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import signal
@@ -103,7 +104,7 @@ class Ending:
     save_seconds: float | None = None
 
 
-class PreemptibleJob(submitit.helpers.Checkpointable):
+class PreemptibleJob(submitit.helpers.Checkpointable, abc.ABC):
     """A job over one directory: attempt records, stop signals, collective save, requeue, `end`.
 
     Subclasses implement `start` (build the work, return its stop-request function) and
@@ -117,11 +118,13 @@ class PreemptibleJob(submitit.helpers.Checkpointable):
         # The work saved everything to the directory already: requeue the same job.
         return submitit.helpers.DelayedSubmission(type(self)(self.directory))
 
+    @abc.abstractmethod
     def start(self, directory: Path, env: Any) -> Callable[[str], None]:
-        raise NotImplementedError
+        """Build the work; return its stop-request function."""
 
+    @abc.abstractmethod
     def work(self) -> Ending:
-        raise NotImplementedError
+        """Run the work to a stop or an end."""
 
     def finished(self, directory: Path, env: Any, ending: Ending) -> None:
         """Rank 0, after a final (not STOPPED) ending, before its `end` record."""
